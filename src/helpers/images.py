@@ -1,0 +1,141 @@
+"""Find image files and decode them into model-ready squares, explaining every failure.
+
+Decoding is Pillow's: EXIF orientation applied, every mode (grayscale, 16-bit, CMYK,
+palette, alpha) turned into 8-bit RGB with alpha flattened on white, large JPEGs decoded
+at a reduced DCT scale (draft mode) when the output is small anyway.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+RESIZE_MODES = ("crop", "pad", "squash")
+# Pillow's own decompression-bomb threshold (~89 Mpx, e.g. 9,500 x 9,500).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+CROP_FRACTION = 0.875  # centre crop keeps 87.5% of the shorter side, as in ImageNet eval
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; ``str(error)`` is a plain-English reason."""
+
+
+def list_images(image_dir: str | Path, recursive: bool = True) -> list[str]:
+    """Relative POSIX paths of image files under ``image_dir``, sorted (case-insensitive ext)."""
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image_dir={str(image_dir)!r} is not a folder")
+    found = []
+    if recursive:
+        walker = os.walk(root)
+    else:
+        walker = [(str(root), [], [e.name for e in os.scandir(root) if e.is_file()])]
+    for folder, dirs, files in walker:
+        dirs.sort()
+        for name in files:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((Path(folder) / name).relative_to(root).as_posix())
+    return sorted(found)
+
+
+def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS):
+    """Decode ``data`` into a (size, size, 3) uint8 RGB array; return it and the upright (w, h).
+
+    ``resize``: "crop" (shorter side to size/0.875, centre crop), "pad" (letterbox on black,
+    as the reference pipeline did) or "squash" (stretch to a square).
+    Raises ImageError with the reason when the bytes are not a usable image.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize={resize!r}; choose one of {RESIZE_MODES}")
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError(_too_large(width, height, max_pixels))
+            _draft(im, size, resize)
+            im.load()
+            im = _upright(im)
+            width, height = im.size  # as displayed, after EXIF rotation
+            rgb = to_rgb(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or a format Pillow cannot read") from None
+    except Image.DecompressionBombError:
+        raise ImageError(_too_large(*im.size, max_pixels)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if "truncated" in str(exc).lower():
+            raise ImageError("truncated file: the image data ends early") from None
+        raise ImageError(f"corrupt image data ({exc})") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageError("image has no pixels")
+    return np.asarray(fit_square(rgb, size, resize)), (width, height)
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> str:
+    return (f"too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds "
+            f"max_pixels={max_pixels / 1e6:.0f} Mpx (possible decompression bomb)")
+
+
+def _draft(im: Image.Image, size: int, resize: str) -> None:
+    """Let JPEG decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller."""
+    if im.format != "JPEG":
+        return
+    w, h = im.size
+    scale = {"crop": size / CROP_FRACTION / min(w, h), "pad": size / max(w, h)}.get(resize)
+    want = (size, size) if scale is None else (math.ceil(w * scale), math.ceil(h * scale))
+    # draft keeps both sides >= the request; DCT scaling itself averages, so no aliasing
+    im.draft(None, want)
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # broken EXIF must not cost us the picture
+        return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB: 16/32-bit scaled down, alpha (and palette transparency) flattened on white."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = arr.max() if arr.size else 0
+        if im.mode == "F" and top <= 1.0:
+            arr = arr * 255.0
+        elif top > 255:
+            arr = arr / (65535.0 if top <= 65535 else top) * 255.0
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def fit_square(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
+    """Resize an RGB image to size x size by centre crop, letterbox or squash."""
+    w, h = im.size
+    if resize == "squash":
+        return im.resize((size, size), Image.BILINEAR)
+    if resize == "crop":
+        side = min(w, h) * CROP_FRACTION
+        left, top = (w - side) / 2, (h - side) / 2
+        # resize straight from the crop box: no large intermediate for very long images
+        return im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    scale = size / max(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = Image.new("RGB", (size, size))  # black, like tf.image.resize_with_pad
+    canvas.paste(im.resize((new_w, new_h), Image.BILINEAR), ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas

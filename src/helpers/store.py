@@ -1,0 +1,149 @@
+"""The embeddings store in a run folder: what 01_embed writes and every later step reads.
+
+- ``embeddings.npy``  float32 (N, D), L2-normalised, row i <-> row i of items.parquet
+- ``items.parquet``   row, path, imageName, productId, sha256, width, height
+- ``skipped.csv``     path, reason (files that could not be used)
+- ``embed_meta.json`` model, dim, preprocessing, versions, timings
+
+Every file is written under a temporary name and renamed into place, so a file that
+exists is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EMBEDDINGS = "embeddings.npy"
+ITEMS = "items.parquet"
+SKIPPED = "skipped.csv"
+META = "embed_meta.json"
+ITEM_COLUMNS = ["row", "path", "imageName", "productId", "sha256", "width", "height"]
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+
+
+def write_table(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a frame as parquet or CSV (by extension), atomically."""
+    with atomic_path(path) as tmp:
+        if str(path).endswith(".parquet"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+
+
+def _npy_header(rows: int, dim: int, length: int | None = None) -> bytes:
+    """A version-1.0 .npy header for float32 (rows, dim), padded to ``length`` bytes."""
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
+    if length is None:  # room for any row count, aligned to 64 bytes as numpy does
+        length = -(-(10 + len(text) + 21) // 64) * 64
+    pad = length - 10 - len(text) - 1
+    if pad < 0:
+        raise ValueError("npy header does not fit")
+    body = (text + " " * pad + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + (len(body)).to_bytes(2, "little") + body
+
+
+class EmbeddingWriter:
+    """Append float32 rows to ``embeddings.npy`` without holding them in memory.
+
+    Rows go to a temporary file; ``close()`` writes the final shape into the header and
+    renames the file into place. Until then no ``embeddings.npy`` claims to be complete.
+    """
+
+    def __init__(self, run_dir: str | Path, dim: int):
+        self.path = Path(run_dir) / EMBEDDINGS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dim, self.rows = dim, 0
+        self._header_len = len(_npy_header(0, dim))
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{EMBEDDINGS}.", suffix=".tmp", dir=self.path.parent)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(_npy_header(0, dim, self._header_len))
+
+    def append(self, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected (n, {self.dim}) vectors, got {vectors.shape}")
+        self._file.write(vectors.tobytes())
+        self.rows += len(vectors)
+
+    def close(self) -> Path:
+        self._file.seek(0)
+        self._file.write(_npy_header(self.rows, self.dim, self._header_len))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.abort() if exc_type else self.close()
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def load_embeddings(run_dir: str | Path, mmap: bool = True) -> np.ndarray:
+    """The (N, D) float32 matrix of a run, memory-mapped by default."""
+    return np.load(Path(run_dir) / EMBEDDINGS, mmap_mode="r" if mmap else None)
+
+
+def load_items(run_dir: str | Path) -> pd.DataFrame:
+    """One row per embedded image, in embedding-row order."""
+    return pd.read_parquet(Path(run_dir) / ITEMS)
+
+
+def load_skipped(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / SKIPPED
+    return pd.read_csv(path, keep_default_na=False) if path.exists() else pd.DataFrame(columns=["path", "reason"])
+
+
+def load_meta(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / META).read_text(encoding="utf-8"))
+
+
+def load_store(run_dir: str | Path):
+    """(embeddings, items, meta) of a run, checked to be consistent with each other."""
+    run_dir = Path(run_dir)
+    missing = [n for n in (EMBEDDINGS, ITEMS, META) if not (run_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: {', '.join(missing)} missing; run 01_embed first")
+    embeddings, items, meta = load_embeddings(run_dir), load_items(run_dir), load_meta(run_dir)
+    if len(embeddings) != len(items):
+        raise ValueError(f"{run_dir}: {len(embeddings)} embeddings but {len(items)} items; "
+                         "the store is inconsistent, re-run 01_embed")
+    return embeddings, items, meta
