@@ -171,9 +171,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar: readable in executed notebooks and HTML reports
 
-    return tqdm(total=total, unit="img", desc="embedding", disable=not enabled)
+    return tqdm(total=total, unit="img", desc="embedding", disable=not enabled, mininterval=2.0)
 
 
 def _versions() -> dict:

@@ -64,8 +64,10 @@ def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int =
                 raise ImageError(_too_large(width, height, max_pixels))
             _draft(im, size, resize)
             im.load()
+            turned = im.size
             im = _upright(im)
-            width, height = im.size  # as displayed, after EXIF rotation
+            if im.size != turned:  # rotated by 90 degrees: report the size as displayed
+                width, height = height, width
             rgb = to_rgb(im)
     except ImageError:
         raise
@@ -139,3 +141,17 @@ def fit_square(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
     canvas = Image.new("RGB", (size, size))  # black, like tf.image.resize_with_pad
     canvas.paste(im.resize((new_w, new_h), Image.BILINEAR), ((size - new_w) // 2, (size - new_h) // 2))
     return canvas
+
+
+def thumbnail(path: str | Path, size: int = 128) -> Image.Image:
+    """An upright RGB thumbnail for display; a grey tile if the file cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.draft(None, (size, size))
+            im = to_rgb(_upright(im))
+            im.thumbnail((size, size))
+            return im
+    except Exception:
+        return Image.new("RGB", (size, size), (200, 200, 200))

@@ -295,3 +295,15 @@ def _export_module_class():
 
 def _ExportModule(keras_model, size):  # noqa: N802 - factory so tensorflow imports lazily
     return _export_module_class()(keras_model, size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m helpers.models [NAME ...]``: build (or find) the cached backbones."""
+    import sys
+
+    for name in (argv if argv is not None else sys.argv[1:]) or [DEFAULT_MODEL]:
+        print(f"{name}: {build_efficientnet_lite(name)}")
+
+
+if __name__ == "__main__":
+    main()

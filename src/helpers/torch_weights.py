@@ -122,7 +122,10 @@ def _load_legacy(path: Path):
         _walk(state, storages)
         data = {}
         for key in keys:
-            (numel,) = struct.unpack("<q", f.read(8))
+            size = f.read(8)
+            if len(size) != 8:
+                raise pickle.UnpicklingError(f"{path}: truncated weights file")
+            (numel,) = struct.unpack("<q", size)
             dtype = storages[key].dtype if key in storages else np.dtype(np.uint8)
             raw = f.read(numel * dtype.itemsize)
             if len(raw) != numel * dtype.itemsize:

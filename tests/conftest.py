@@ -1,0 +1,88 @@
+"""Shared fixtures: real photos from scikit-image, a small catalog with hostile files."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
+
+
+def photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skdata, name)()).convert("RGB")
+
+
+def jpeg_bytes(im: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def write_catalog(path: Path, records: list[dict], lines: bool = True) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        if lines:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        else:
+            json.dump(records, f)
+    return path
+
+
+GOOD = {
+    # relative path -> how it was made; every one of these must be embedded
+    "cat.jpg": "photo",
+    "coffee.PNG": "png, upper-case extension",
+    "sub/cat.jpg": "same file name as cat.jpg, another sub-folder (cropped)",
+    "sub/deeper/rocket.webp": "webp two levels down",
+    "astronaut_grey.tif": "grayscale tiff",
+    "astronaut_cmyk.jpg": "CMYK jpeg",
+    "coffee_palette.gif": "palette gif",
+    "rocket_alpha.png": "RGBA png",
+    "rocket_16bit.png": "16-bit grayscale png",
+    "one_pixel.bmp": "1x1 bmp",
+    "café ☕.jpg": "unicode file name",
+    "rotated.jpg": "EXIF orientation 6",
+}
+BAD = {
+    "empty.jpg": "empty file",
+    "truncated.jpg": "truncated",
+    "notes.png": "not an image",
+    "bomb.png": "too large",
+}
+
+
+@pytest.fixture(scope="session")
+def hostile_dir(tmp_path_factory) -> Path:
+    """A folder with one of each awkward-but-good image and each kind of bad file."""
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    cat, coffee, astro, rocket = (photo(n) for n in PHOTOS)
+    (root / "cat.jpg").write_bytes(jpeg_bytes(cat, quality=90))
+    coffee.save(root / "coffee.PNG")
+    cat.crop((20, 10, 420, 290)).save(root / "sub" / "cat.jpg", quality=90)
+    rocket.save(root / "sub" / "deeper" / "rocket.webp", quality=90)
+    astro.convert("L").save(root / "astronaut_grey.tif")
+    astro.convert("CMYK").save(root / "astronaut_cmyk.jpg", quality=90)
+    coffee.convert("P", palette=Image.ADAPTIVE).save(root / "coffee_palette.gif")
+    rgba = rocket.convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 255))
+    rgba.save(root / "rocket_alpha.png")
+    grey16 = (np.asarray(rocket.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(grey16).save(root / "rocket_16bit.png")
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(root / "one_pixel.bmp")
+    (root / "café ☕.jpg").write_bytes(jpeg_bytes(coffee, quality=85))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cat.save(root / "rotated.jpg", quality=90, exif=exif.tobytes())
+    (root / "empty.jpg").write_bytes(b"")
+    full = jpeg_bytes(astro, quality=90)
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "notes.png").write_text("this is not a picture\n")
+    Image.new("1", (10_000, 10_000)).save(root / "bomb.png")  # 100 Mpx, ~20 kB on disk
+    (root / "readme.txt").write_text("not an image extension: never listed")
+    return root

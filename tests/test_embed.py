@@ -1,0 +1,102 @@
+"""embed_folder on real images, including every kind of hostile file."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import store
+from helpers.catalog import CatalogError
+from helpers.embed import embed_folder
+from conftest import BAD, GOOD, write_catalog
+
+
+@pytest.fixture(scope="module")
+def hostile_run(hostile_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    meta = embed_folder(hostile_dir, run_dir, batch_size=4, progress=False)
+    return run_dir, meta
+
+
+def test_good_files_embedded_bad_files_explained(hostile_run):
+    run_dir, meta = hostile_run
+    embeddings, items, _ = store.load_store(run_dir)
+    assert sorted(items["path"]) == sorted(GOOD)
+    skipped = store.load_skipped(run_dir)
+    assert sorted(skipped["path"]) == sorted(BAD)
+    reasons = dict(zip(skipped["path"], skipped["reason"]))
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert reasons["truncated.jpg"].startswith("truncated")
+    assert reasons["notes.png"].startswith("not an image")
+    assert reasons["bomb.png"].startswith("too large")
+    assert meta["n_items"] == len(GOOD) and meta["n_skipped"] == len(BAD)
+    assert embeddings.shape == (len(GOOD), 1280) and embeddings.dtype == np.float32
+
+
+def test_store_rows_line_up(hostile_run, hostile_dir):
+    run_dir, _ = hostile_run
+    embeddings, items, meta = store.load_store(run_dir)
+    assert items["row"].tolist() == list(range(len(items)))
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    import hashlib
+    for path, digest in zip(items["path"], items["sha256"]):
+        assert hashlib.sha256((hostile_dir / path).read_bytes()).hexdigest() == digest
+    cat = items.set_index("path").loc["rotated.jpg"]
+    assert (cat["width"], cat["height"]) == (300, 451)  # EXIF-rotated chelsea (451 x 300)
+    assert meta["model_handle"] == "efficientnet-lite0" and meta["resize"] == "crop"
+    assert json.loads((run_dir / store.META).read_text())["dim"] == 1280
+
+
+def test_same_product_in_other_formats_is_its_nearest_neighbour(hostile_run):
+    run_dir, _ = hostile_run
+    embeddings, items, _ = store.load_store(run_dir)
+    row = {p: i for i, p in enumerate(items["path"])}
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -1)
+    pairs = [("coffee.PNG", "café ☕.jpg"), ("coffee.PNG", "coffee_palette.gif"),
+             ("sub/deeper/rocket.webp", "rocket_alpha.png"), ("astronaut_cmyk.jpg", "astronaut_grey.tif")]
+    for a, b in pairs:
+        assert sims[row[a]].argmax() == row[b] or sims[row[b]].argmax() == row[a], (a, b)
+        assert sims[row[a], row[b]] > 0.8
+    # the rotated copy is upright again, so it is closer to the cat than to anything else
+    assert items["path"][sims[row["rotated.jpg"]].argmax()] in {"cat.jpg", "sub/cat.jpg"}
+
+
+def test_catalog_problems_stop_before_any_work(hostile_dir, tmp_path):
+    catalog = write_catalog(tmp_path / "image_data.json", [{"imageName": "cat.jpg", "productId": "CAT"}])
+    with pytest.raises(CatalogError, match="have no productId"):
+        embed_folder(hostile_dir, tmp_path / "run", catalog=catalog, progress=False)
+    assert not (tmp_path / "run" / store.EMBEDDINGS).exists()
+
+
+def test_catalog_skip_mode_lists_unlisted_images(hostile_dir, tmp_path):
+    catalog = write_catalog(tmp_path / "image_data.json", [
+        {"imageName": "cat.jpg", "productId": "CAT-1"},        # bare name, unique at top level
+        {"imageName": "sub/cat.jpg", "productId": "CAT-2"},    # same name, other folder
+        {"imageName": "empty.jpg", "productId": "EMPTY"},
+    ])
+    meta = embed_folder(hostile_dir, tmp_path / "run", catalog=catalog, on_missing="skip",
+                        progress=False)
+    items = store.load_items(tmp_path / "run")
+    assert dict(zip(items["path"], items["productId"])) == {"cat.jpg": "CAT-1", "sub/cat.jpg": "CAT-2"}
+    skipped = store.load_skipped(tmp_path / "run")
+    assert "no productId" in skipped.set_index("path").loc["coffee.PNG", "reason"]
+    assert skipped.set_index("path").loc["empty.jpg", "reason"].startswith("empty file")
+    assert meta["n_skipped"] == len(GOOD) + len(BAD) - 2
+
+
+def test_resize_modes_give_different_vectors(hostile_dir, tmp_path):
+    crop = embed_folder(hostile_dir, tmp_path / "crop", resize="crop", recursive=False, progress=False)
+    pad = embed_folder(hostile_dir, tmp_path / "pad", resize="pad", recursive=False, progress=False)
+    a, b = store.load_embeddings(tmp_path / "crop"), store.load_embeddings(tmp_path / "pad")
+    assert crop["n_items"] == pad["n_items"] and not np.allclose(a, b)
+    assert pad["resize"] == "pad"
+
+
+def test_rerun_replaces_the_store(hostile_dir, tmp_path):
+    embed_folder(hostile_dir, tmp_path, recursive=False, progress=False)
+    first = store.load_embeddings(tmp_path, mmap=False)
+    embed_folder(hostile_dir, tmp_path, recursive=False, progress=False)
+    np.testing.assert_allclose(store.load_embeddings(tmp_path), first, atol=1e-6)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []

@@ -1,0 +1,135 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import images
+from conftest import BAD, GOOD, jpeg_bytes, photo
+
+
+def png_bytes(im):
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_list_images_recursive_case_insensitive(hostile_dir):
+    found = images.list_images(hostile_dir)
+    assert set(found) == set(GOOD) | set(BAD)
+    assert found == sorted(found)
+    top_only = images.list_images(hostile_dir, recursive=False)
+    assert "sub/cat.jpg" not in top_only and "cat.jpg" in top_only and "coffee.PNG" in top_only
+
+
+def test_list_images_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        images.list_images(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_every_good_file_decodes(hostile_dir, name):
+    pixels, (w, h) = images.decode_image((hostile_dir / name).read_bytes(), 224)
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+    assert w >= 1 and h >= 1
+
+
+@pytest.mark.parametrize("name,reason", [("empty.jpg", "empty file"), ("truncated.jpg", "truncated"),
+                                         ("notes.png", "not an image"), ("bomb.png", "too large")])
+def test_bad_files_raise_plain_reasons(hostile_dir, name, reason):
+    with pytest.raises(images.ImageError, match=reason):
+        images.decode_image((hostile_dir / name).read_bytes(), 224)
+
+
+def test_pixel_cap_is_a_parameter():
+    data = png_bytes(Image.new("RGB", (100, 100)))
+    images.decode_image(data, 32, max_pixels=10_000)
+    with pytest.raises(images.ImageError, match="max_pixels"):
+        images.decode_image(data, 32, max_pixels=9_999)
+
+
+def test_exif_orientation_applied():
+    im = Image.new("RGB", (60, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (0, 0, 30, 20))  # left half blue, right half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs 90 degrees clockwise
+    pixels, size = images.decode_image(jpeg_bytes(im, exif=exif.tobytes(), quality=95), 64, "squash")
+    assert size == (20, 60)
+    top, bottom = pixels[:16].mean(axis=(0, 1)), pixels[-16:].mean(axis=(0, 1))
+    assert top[2] > 200 and top[0] < 60       # the blue half is now on top
+    assert bottom[0] > 200 and bottom[2] < 60
+
+
+def test_alpha_flattened_on_white():
+    im = Image.new("RGBA", (40, 40), (255, 0, 0, 0))  # fully transparent red
+    pixels, _ = images.decode_image(png_bytes(im), 16)
+    assert (pixels == 255).all()
+
+
+def test_palette_transparency_flattened_on_white():
+    im = Image.new("P", (20, 20), 0)
+    im.putpalette([0, 0, 0] * 256)
+    im.info["transparency"] = 0
+    buf = io.BytesIO()
+    im.save(buf, "GIF", transparency=0)
+    pixels, _ = images.decode_image(buf.getvalue(), 16)
+    assert (pixels == 255).all()
+
+
+def test_sixteen_bit_scaled_not_clipped():
+    grey = np.full((30, 30), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    pixels, _ = images.decode_image(png_bytes(Image.fromarray(grey)), 16)
+    assert abs(int(pixels.mean()) - 127) <= 2
+
+
+def test_cmyk_and_grayscale_become_rgb():
+    for im in (photo("coffee").convert("CMYK"), photo("coffee").convert("L")):
+        pixels, _ = images.decode_image(jpeg_bytes(im, quality=95), 32)
+        assert pixels.shape == (32, 32, 3)
+    # CMYK keeps the colours: the coffee photo is mostly warm (red > blue)
+    pixels, _ = images.decode_image(jpeg_bytes(photo("coffee").convert("CMYK"), quality=95), 32)
+    assert pixels[..., 0].mean() > pixels[..., 2].mean()
+
+
+def three_stripes():
+    im = Image.new("RGB", (300, 100), (255, 0, 0))
+    im.paste((0, 255, 0), (100, 0, 200, 100))
+    im.paste((0, 0, 255), (200, 0, 300, 100))
+    return png_bytes(im)
+
+
+def test_resize_crop_keeps_the_centre():
+    pixels, _ = images.decode_image(three_stripes(), 32, "crop")
+    assert (pixels[..., 1] > 200).all() and (pixels[..., 0] < 50).all()
+
+
+def test_resize_pad_letterboxes_on_black():
+    pixels, _ = images.decode_image(three_stripes(), 30, "pad")
+    assert (pixels[:5] == 0).all() and (pixels[-5:] == 0).all()
+    middle = pixels[15]
+    assert middle[2, 0] > 200 and middle[15, 1] > 200 and middle[-3, 2] > 200
+
+
+def test_resize_squash_keeps_everything():
+    pixels, _ = images.decode_image(three_stripes(), 30, "squash")
+    assert pixels[15, 2, 0] > 200 and pixels[15, 15, 1] > 200 and pixels[15, -3, 2] > 200
+
+
+def test_very_long_image_does_not_blow_up():
+    data = png_bytes(Image.new("RGB", (20_000, 2), (10, 20, 30)))
+    pixels, size = images.decode_image(data, 64, "crop")
+    assert size == (20_000, 2) and pixels.shape == (64, 64, 3)
+
+
+def test_jpeg_draft_decoding_matches_full_decoding():
+    big = photo("astronaut").resize((2048, 2048))
+    data = jpeg_bytes(big, quality=92)
+    fast, _ = images.decode_image(data, 224)
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    full = np.asarray(images.fit_square(im, 224, "crop"))
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4
+
+
+def test_unknown_resize_mode():
+    with pytest.raises(ValueError, match="resize="):
+        images.decode_image(three_stripes(), 32, "stretch")

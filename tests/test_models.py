@@ -1,0 +1,101 @@
+"""The converted backbones are the real ImageNet networks, loaded the TF Hub way."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import models
+
+REFERENCE = np.load(Path(__file__).parent / "fixtures" / "torch_reference.npz")
+# ImageNet classes: 281-285 are domestic cats, 967 espresso, 968 cup, 504 coffee mug
+CATS, COFFEE = set(range(281, 286)), {967, 968, 504}
+
+
+def square_crop(photo: np.ndarray, size: int) -> np.ndarray:
+    """The same library-independent crop as tests/fixtures/make_torch_reference.py."""
+    h, w = photo.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    idx = np.linspace(0, side - 1, size).round().astype(int)
+    return photo[top + idx][:, left + idx][..., :3]
+
+
+def reference_inputs(size):
+    from skimage import data
+    return np.stack([square_crop(getattr(data, p)(), size) for p in REFERENCE["photos"]])
+
+
+@pytest.fixture(scope="module", params=["efficientnet-lite0", "efficientnet-lite2"])
+def backbone(request):
+    return models.load_model(request.param)
+
+
+def test_features_match_original_pytorch_model(backbone):
+    key = backbone.handle.replace("-", "_")
+    features = backbone.embed(reference_inputs(backbone.image_size))
+    ref = REFERENCE[f"{key}_features"]
+    cosine = (features * ref).sum(1) / np.linalg.norm(features, axis=1) / np.linalg.norm(ref, axis=1)
+    assert backbone.dim == 1280
+    assert cosine.min() >= 0.9999
+
+
+def test_converted_classifier_names_real_photos(backbone):
+    x = tf.constant(reference_inputs(backbone.image_size), tf.float32) / 255.0
+    top5 = np.argsort(-backbone.module.logits(x).numpy(), axis=1)[:, :5]
+    photos = list(REFERENCE["photos"])
+    assert top5[photos.index("chelsea")][0] in CATS
+    assert top5[photos.index("coffee")][0] in COFFEE
+    np.testing.assert_array_equal(top5, np.argsort(-REFERENCE[f"{backbone.handle.replace('-', '_')}_logits"], 1)[:, :5])
+
+
+def test_input_sizes():
+    assert models.load_model("efficientnet-lite0").image_size == 224
+    assert models.load_model("efficientnet-lite2").image_size == 260
+
+
+def test_build_is_cached_and_atomic(tmp_path):
+    first = models.build_efficientnet_lite("efficientnet-lite0", cache=tmp_path)
+    stamp = (first / "saved_model.pb").stat().st_mtime_ns
+    again = models.build_efficientnet_lite("efficientnet-lite0", cache=tmp_path)
+    assert again == first and (first / "saved_model.pb").stat().st_mtime_ns == stamp
+    leftovers = [p.name for p in first.parent.iterdir() if p != first]
+    assert leftovers == []  # the temporary build folder was renamed, nothing half-built remains
+
+
+def test_local_savedmodel_folder_is_a_handle():
+    folder = models.build_efficientnet_lite("efficientnet-lite0")
+    by_path = models.load_model(str(folder))
+    by_name = models.load_model("efficientnet-lite0")
+    pixels = reference_inputs(224)[:2]
+    np.testing.assert_allclose(by_path.embed(pixels), by_name.embed(pixels), atol=1e-5)
+    assert by_path.image_size == 224
+
+
+class _RangeProbe(tf.Module):
+    """A stand-in TF Hub image module that reports the range of what it was fed."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 96, 96, 3], tf.float32)])
+    def __call__(self, images):
+        return tf.stack([tf.reduce_min(images, [1, 2, 3]), tf.reduce_max(images, [1, 2, 3])], axis=1)
+
+
+def test_hub_modules_are_fed_zero_to_one(tmp_path):
+    """The reference fed 0-255 to a module that expects [0, 1]; we must not."""
+    tf.saved_model.save(_RangeProbe(), str(tmp_path / "probe"))
+    probe = models.load_model(str(tmp_path / "probe"))
+    assert probe.image_size == 96  # read from the module's signature
+    batch = np.zeros((2, 96, 96, 3), np.uint8)
+    batch[0] = 255
+    out = probe.embed(batch)
+    np.testing.assert_allclose(out, [[1.0, 1.0], [0.0, 0.0]])
+
+
+def test_offline_hub_url_names_the_offline_default():
+    with pytest.raises(models.ModelUnavailableError, match="efficientnet-lite0"):
+        models.load_model("https://tfhub.dev/google/imagenet/mobilenet_v2_140_224/feature_vector/4")
+
+
+def test_unknown_handle():
+    with pytest.raises(models.ModelUnavailableError, match="neither a known name"):
+        models.load_model("resnet-9000")
