@@ -69,8 +69,8 @@ def decoded_stream(root: Path, paths: list[str], size: int, resize: str, max_pix
 def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str = DEFAULT_MODEL,
                  resize: str = "crop", batch_size: int = 32, recursive: bool = True,
                  catalog: str | Path | None = None, on_missing: str = "error",
-                 max_pixels: int = images.MAX_PIXELS, workers: int | None = None,
-                 progress: bool = True) -> dict:
+                 max_pixels: int = images.MAX_PIXELS, engine: str = "auto",
+                 workers: int | None = None, progress: bool = True) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the run summary.
 
     Writes embeddings.npy, items.parquet, skipped.csv and embed_meta.json (see ``store``).
@@ -90,7 +90,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     to_embed = [p for p in paths if p in match.product_id]
     not_listed = [p for p in paths if p not in match.product_id]
 
-    model = load_model(model_handle)
+    model = load_model(model_handle, engine)
     loaded = time.perf_counter()
 
     rows, skipped = [], [(p, "no productId in the catalog (on_missing='skip')") for p in not_listed]
@@ -144,6 +144,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "dim": model.dim,
         "image_size": model.image_size,
         "resize": resize,
+        "engine": model.engine,
         "input_range": [0.0, 1.0],
         "normalised": "l2",
         "image_dir": str(root.resolve()),

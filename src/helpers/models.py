@@ -22,8 +22,10 @@ import numpy as np
 from .torch_weights import load_state_dict
 
 DEFAULT_MODEL = "efficientnet-lite0"
+ENGINES = ("auto", "tf", "tflite")
+TFLITE_MICRO_BATCH = 1
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 
 # name: (weights package, width multiplier, depth multiplier, input size)
 EFFICIENTNET_LITE = {
@@ -56,12 +58,11 @@ class FeatureExtractor:
     dim: int
     module: object  # the object returned by hub.load
     _fn: Callable
+    engine: str = "tf"
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Feature vectors for a batch of uint8 RGB images of shape (N, size, size, 3)."""
-        import tensorflow as tf
-
-        x = tf.cast(images, tf.float32) * (1.0 / 255.0)  # TF Hub modules take [0, 1]
+        x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)  # hub modules take [0, 1]
         return np.asarray(self._fn(x), dtype=np.float32)
 
 
@@ -70,9 +71,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LOOKALIKE_CACHE", Path.home() / ".cache" / "lookalike"))
 
 
-def load_model(model_handle: str = DEFAULT_MODEL) -> FeatureExtractor:
-    """Load a backbone by name, TF Hub URL or SavedModel folder (building it first if needed)."""
+def load_model(model_handle: str = DEFAULT_MODEL, engine: str = "auto") -> FeatureExtractor:
+    """Load a backbone by name, TF Hub URL or SavedModel folder (building it first if needed).
+
+    ``engine``: "tf" runs the SavedModel in TensorFlow; "tflite" converts the same loaded
+    function to TensorFlow Lite and runs it with XNNPACK (same vectors within 1e-4, about
+    1.3x faster here, see docs/benchmarks.md); "auto" is tflite when the module converts, else tf.
+    """
     import tensorflow_hub as hub
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
 
     if model_handle in EFFICIENTNET_LITE:
         path = str(build_efficientnet_lite(model_handle))
@@ -96,7 +105,50 @@ def load_model(model_handle: str = DEFAULT_MODEL) -> FeatureExtractor:
     fn = _callable(module, model_handle)
     size = _input_size(fn, model_handle)
     dim = int(fn(np.zeros((1, size, size, 3), np.float32)).shape[-1])
-    return FeatureExtractor(model_handle, size, dim, module, fn)
+    if engine in ("auto", "tflite"):
+        try:
+            fn, engine = _tflite_function(fn, module, size), "tflite"
+        except Exception as exc:  # some hub modules use ops TFLite lacks
+            if engine == "tflite":
+                raise ModelUnavailableError(f"{model_handle}: TFLite conversion failed ({exc}); "
+                                            "use engine='tf'") from exc
+            engine = "tf"
+    return FeatureExtractor(model_handle, size, dim, module, fn, engine)
+
+
+def _tflite_function(fn, module, size: int) -> Callable:
+    """Convert the module's feature function to TFLite; return a batch -> features callable."""
+    import warnings
+
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    target = getattr(fn, "__call__", fn)
+    concrete = target.get_concrete_function(spec) if hasattr(target, "get_concrete_function") else fn.signature
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_content=converter.convert(),
+                                          num_threads=os.cpu_count() or 1)
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    current = {"n": None}
+
+    def run(x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        results = []
+        # one image per invoke: measured fastest with XNNPACK on this machine (benchmarks)
+        for i in range(0, len(x), TFLITE_MICRO_BATCH):
+            chunk = x[i:i + TFLITE_MICRO_BATCH]
+            if current["n"] != len(chunk):
+                interpreter.resize_tensor_input(inp["index"], list(chunk.shape))
+                interpreter.allocate_tensors()
+                current["n"] = len(chunk)
+            interpreter.set_tensor(inp["index"], chunk)
+            interpreter.invoke()
+            results.append(interpreter.get_tensor(out["index"]).copy())
+        return np.concatenate(results)
+
+    return run
 
 
 def _callable(module, handle: str) -> Callable:
@@ -112,6 +164,7 @@ def _callable(module, handle: str) -> Callable:
             return out
 
         call.input_signature = sig.structured_input_signature[1][name]
+        call.signature = sig
         return call
     raise ModelUnavailableError(f"{handle}: SavedModel has neither __call__ nor serving_default")
 
@@ -172,7 +225,7 @@ def build_efficientnet_lite(name: str, cache: Path | None = None) -> Path:
     module = _ExportModule(keras_model, size)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        tf.saved_model.save(module, str(tmp))
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: keep theirs

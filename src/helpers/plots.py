@@ -41,3 +41,48 @@ def plot_neighbor_rows(image_dir: str | Path, query_paths: list[str], neighbor_p
             ax.set_title(title[:40], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_sweep(table, k: int = 20):
+    """Recall vs queries/s (a line per n_trees, Pareto front ringed), vs build time, index size."""
+    annoy = table[table["backend"] == "annoy"]
+    exact = table[table["backend"] == "exact"].iloc[0]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    for n_trees, group in annoy.groupby("n_trees"):
+        group = group.sort_values("queries_per_second")
+        style = "--" if group["reference"].any() else "-"
+        label = f"{n_trees} trees" + (" (reference)" if group["reference"].any() else "")
+        ax.plot(group["queries_per_second"], group["recall"], style, marker="o", ms=4, label=label)
+    front = table[table["pareto"]]
+    ax.scatter(front["queries_per_second"], front["recall"], s=140, facecolors="none",
+               edgecolors="black", label="Pareto front")
+    ax.scatter([exact["queries_per_second"]], [1.0], marker="*", s=200, color="black", label="exact")
+    ax.set_xscale("log"), ax.set_xlabel("queries / second (log)"), ax.set_ylabel(f"recall@{k}")
+    ax.legend(fontsize=7, ncol=2), ax.set_title("recall vs speed")
+    per_tree = annoy.groupby("n_trees").agg(build=("build_seconds", "first"), size=("index_bytes", "first"),
+                                            recall=("recall", "max"), memory=("peak_memory_bytes", "first"))
+    axes[1].plot(per_tree["build"], per_tree["recall"], marker="o")
+    for n_trees, row in per_tree.iterrows():
+        axes[1].annotate(str(n_trees), (row["build"], row["recall"]), fontsize=7)
+    axes[1].set_xlabel("build seconds"), axes[1].set_ylabel(f"best recall@{k}")
+    axes[1].set_title("recall vs build time")
+    axes[2].bar([str(t) for t in per_tree.index], per_tree["size"] / 1e6, color="tab:blue", label="index file")
+    axes[2].bar([str(t) for t in per_tree.index], per_tree["memory"] / 1e6, color="none",
+                edgecolor="tab:red", label="peak build memory")
+    axes[2].axhline(exact["index_bytes"] / 1e6, color="black", ls=":", label="vectors (exact)")
+    axes[2].set_yscale("log"), axes[2].set_xlabel("n_trees"), axes[2].set_ylabel("MB (log)")
+    axes[2].legend(fontsize=7), axes[2].set_title("index size")
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity_distribution(table):
+    """Histograms of top-1 and of all top-k similarities."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bins = np.linspace(min(0.0, float(table["similarity"].min())) if len(table) else 0, 1, 51)
+    ax.hist(table["similarity"], bins=bins, alpha=0.5, label="all top-k")
+    ax.hist(table.loc[table["rank"] == 1, "similarity"], bins=bins, alpha=0.7, label="top-1")
+    ax.set_xlabel("similarity (cosine)"), ax.set_ylabel("pairs"), ax.legend()
+    fig.tight_layout()
+    return fig

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOKS = ["01_embed.ipynb"]
+NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb"]
 PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir"}
 
 

@@ -1,0 +1,192 @@
+"""Embedding throughput: reference-style loop vs our pipeline vs the model alone.
+
+    .venv/bin/python benchmarks/embed_throughput.py [--n-images 1000] [--model efficientnet-lite0]
+
+All in one process, on the same images and the same model, so the ratios hold on a noisy
+shared machine:
+  (a) the reference: one image per forward pass (tf.io decode_jpeg + resize_with_pad),
+      one text file per vector (np.savetxt);
+  (b) our pipeline: helpers.embed.embed_folder, for each engine;
+  (c) the model alone on pre-decoded uint8 tensors, for each engine and a few batch sizes.
+Also the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh process.
+Images: photos from scikit-image re-framed and re-sized to typical product-photo sizes
+(600-1600 px), saved as JPEG q85 under benchmarks/cache/ (made once).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "cache"
+
+
+def make_images(n: int, folder: Path) -> Path:
+    """n JPEGs of 600-1600 px made from scikit-image's photos (random crops, flips, sizes)."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) >= n:
+        return folder
+    photos = [Image.fromarray(getattr(data, name)()).convert("RGB")
+              for name in ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry",
+                           "hubble_deep_field", "coins", "camera")]
+    rng = np.random.default_rng(0)
+    for i in range(len(existing), n):
+        im = photos[i % len(photos)]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.6, 1)), int(h * rng.uniform(0.6, 1))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        side = int(rng.integers(600, 1601))
+        scale = side / max(cw, ch)
+        out = im.crop((x, y, x + cw, y + ch)).resize((max(1, int(cw * scale)), max(1, int(ch * scale))))
+        if rng.random() < 0.5:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out.save(folder / f"img_{i:05d}.jpg", quality=85)
+    return folder
+
+
+def reference_architecture() -> str:
+    """The reference's MobileNetV2-1.4 (random weights: only speed is measured) as a
+    TF Hub-style SavedModel under benchmarks/cache/; returns its folder."""
+    import tensorflow as tf
+
+    folder = CACHE / "mobilenet_v2_140_224_random"
+    if (folder / "saved_model.pb").exists():
+        return str(folder)
+    net = tf.keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.4, include_top=False,
+                                            pooling="avg", weights=None)
+
+    class Module(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)])
+        def __call__(self, images):
+            return self.net(images * 2.0 - 1.0, training=False)
+
+    tf.saved_model.save(Module(), str(folder))
+    return str(folder)
+
+
+def reference_loop(module, files: list[Path], out_dir: Path) -> float:
+    """The reference's step 1, as written: returns images/second."""
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    for f in files:
+        img = tf.io.decode_jpeg(tf.io.read_file(str(f)), channels=3)
+        img = tf.image.resize_with_pad(img, 224, 224)
+        img = tf.image.convert_image_dtype(img, tf.float32)[tf.newaxis, ...]
+        vector = np.squeeze(module(img))
+        np.savetxt(out_dir / f"{f.stem}.npz", vector, delimiter=",")
+    return len(files) / (time.perf_counter() - start)
+
+
+def model_alone(model, pixels: np.ndarray, batch: int) -> float:
+    model.embed(pixels[:batch])  # warm-up (graph tracing, allocations)
+    start = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        model.embed(pixels[i:i + batch])
+    return len(pixels) / (time.perf_counter() - start)
+
+
+def throughput(n_images: int, model_handle: str) -> dict:
+    from helpers import images
+    from helpers.embed import embed_folder
+    from helpers.models import load_model
+
+    folder = make_images(n_images, CACHE / "embed_images")
+    files = sorted(folder.glob("*.jpg"))[:n_images]
+    with tempfile.TemporaryDirectory() as tmp:
+        sub = Path(tmp) / "images"
+        sub.mkdir()
+        for f in files:  # exactly n images in their own folder
+            (sub / f.name).symlink_to(f)
+        tf_model = load_model(model_handle, "tf")
+        lite_model = load_model(model_handle, "tflite")
+        size = tf_model.image_size
+        results = {"machine": machine(), "n_images": len(files), "model": model_handle}
+
+        (Path(tmp) / "txt").mkdir()
+        results["a_reference_loop"] = reference_loop(tf_model._fn, files, Path(tmp) / "txt")
+
+        for engine in ("tf", "tflite"):
+            for batch in (32,):
+                meta = embed_folder(sub, Path(tmp) / f"run_{engine}", model_handle=model_handle,
+                                    engine=engine, batch_size=batch, progress=False)
+                results[f"b_pipeline_{engine}_batch{batch}"] = meta["images_per_second"]
+
+        pixels = np.stack([images.decode_image(f.read_bytes(), size)[0] for f in files[:256]])
+        start = time.perf_counter()
+        for f in files[:200]:
+            images.decode_image(f.read_bytes(), size)
+        results["decode_ms_per_image_one_thread"] = 1000 * (time.perf_counter() - start) / 200
+        for batch in (1, 8, 32, 64):
+            results[f"c_model_tf_batch{batch}"] = model_alone(tf_model, pixels, batch)
+            results[f"c_model_tflite_batch{batch}"] = model_alone(lite_model, pixels, batch)
+    best_c = max(v for k, v in results.items() if k.startswith("c_"))
+    best_b = max(v for k, v in results.items() if k.startswith("b_"))
+    results["ratio_b_over_a"] = best_b / results["a_reference_loop"]
+    results["ratio_b_over_best_c"] = best_b / best_c
+    return results
+
+
+def peak_rss(n_images: int, model_handle: str) -> float:
+    """Peak RSS (MB) of one embed_folder run over n images, in a fresh process."""
+    code = f"""
+import resource, sys, tempfile
+from pathlib import Path
+from helpers.embed import embed_folder
+sys.path.insert(0, {str(HERE)!r})
+from embed_throughput import make_images, CACHE
+folder = make_images({n_images}, CACHE / "embed_images")
+with tempfile.TemporaryDirectory() as tmp:
+    sub = Path(tmp) / "images"; sub.mkdir()
+    for f in sorted(folder.glob("*.jpg"))[:{n_images}]:
+        (sub / f.name).symlink_to(f)
+    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, engine="tflite", progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import os
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-images", type=int, default=1000)
+    parser.add_argument("--model", default="efficientnet-lite0",
+                        help="a model_handle, or 'reference' for a random-weight MobileNetV2-1.4")
+    parser.add_argument("--rss", action="store_true", help="also measure peak RSS at 2k and 10k images")
+    args = parser.parse_args()
+    model = reference_architecture() if args.model == "reference" else args.model
+    results = throughput(args.n_images, model)
+    results["model"] = args.model
+    if args.rss:
+        make_images(10_000, CACHE / "embed_images")
+        results["peak_rss_mb_2k"] = peak_rss(2_000, args.model)
+        results["peak_rss_mb_10k"] = peak_rss(10_000, args.model)
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+
+from helpers.index import AnnoyIndex, ExactIndex, build_index, recall_at_k, top_k
+
+
+def unit(rng, n, d=16):
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def brute_force(vectors, queries, k, exclude=None):
+    """The oracle: full similarity matrix, Python sort per row."""
+    out = []
+    for qi, q in enumerate(queries):
+        scored = [(-float(q @ v), j) for j, v in enumerate(vectors) if exclude is None or j != exclude[qi]]
+        out.append([j for _, j in sorted(scored)[:k]])
+    return np.array(out)
+
+
+def test_top_k_orders_and_breaks_ties_by_index():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9], [1.0, 1.0, 1.0, 0.0]])
+    idx, vals = top_k(scores, 3)
+    assert idx.tolist() == [[1, 3, 2], [0, 1, 2]]
+    np.testing.assert_allclose(vals, [[0.9, 0.9, 0.5], [1.0, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, None])
+def test_exact_matches_brute_force_in_any_chunking(chunk):
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 50)
+    index = ExactIndex(vectors, chunk_size=chunk)
+    idx, sim = index.all_neighbors(5)
+    rows = np.arange(50)
+    assert (idx == brute_force(vectors, vectors, 5, exclude=rows)).all()
+    np.testing.assert_allclose(sim, np.take_along_axis(vectors @ vectors.T, idx, 1), atol=1e-6)
+    assert not (idx == rows[:, None]).any()  # no item is its own neighbour
+    with_self, _ = index.all_neighbors(5, include_self=True)
+    assert (with_self[:, 0] == rows).all()
+
+
+def test_fewer_items_than_k():
+    vectors = unit(np.random.default_rng(1), 3)
+    idx, sim = ExactIndex(vectors).all_neighbors(20)
+    assert idx.shape == (3, 2)
+    idx, _ = AnnoyIndex.build(vectors, n_trees=2).all_neighbors(20)
+    assert idx.shape == (3, 2) and (idx >= 0).all()
+
+
+def test_recall_against_oracle():
+    truth = np.array([[1, 2, 3], [4, 5, 6]])
+    found = np.array([[3, 2, 9], [6, 5, 4]])
+    assert recall_at_k(found, truth) == pytest.approx(5 / 6)
+    assert recall_at_k(np.array([[-1, -1, 1]]), np.array([[1, 2, 3]])) == pytest.approx(1 / 3)
+
+
+def test_annoy_recall_rises_with_search_k():
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 2000, 32)
+    truth, _ = ExactIndex(vectors).all_neighbors(10)
+    low = AnnoyIndex.build(vectors, n_trees=2, search_k=20)
+    high = AnnoyIndex.build(vectors, n_trees=2, search_k=20000)
+    r_low = recall_at_k(low.all_neighbors(10)[0], truth)
+    r_high = recall_at_k(high.all_neighbors(10)[0], truth)
+    assert r_low < 0.9 and r_high > 0.99
+
+
+def test_annoy_similarity_is_cosine():
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 300)
+    idx, sim = AnnoyIndex.build(vectors, n_trees=10, search_k=100000).all_neighbors(5)
+    np.testing.assert_allclose(sim, np.take_along_axis(vectors @ vectors.T, idx, 1), atol=1e-4)
+
+
+def test_annoy_index_file_is_deterministic(tmp_path):
+    vectors = unit(np.random.default_rng(4), 500)
+    for name in ("a.ann", "b.ann"):
+        AnnoyIndex.build(vectors, n_trees=8, seed=7).save(tmp_path / name)
+    assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
+
+
+def test_annoy_save_load_and_on_disk_build(tmp_path):
+    vectors = unit(np.random.default_rng(5), 400)
+    built = AnnoyIndex.build(vectors, n_trees=5, on_disk_path=tmp_path / "disk.ann")
+    loaded = AnnoyIndex.load(tmp_path / "disk.ann", dim=16)
+    assert len(loaded) == 400 and loaded.n_trees == 5
+    np.testing.assert_array_equal(built.all_neighbors(5)[0], loaded.all_neighbors(5)[0])
+
+
+def test_new_query_vectors():
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, 200)
+    queries = vectors[:3] + 0.01 * unit(rng, 3)  # near-copies of items 0, 1, 2
+    for index in (ExactIndex(vectors), AnnoyIndex.build(vectors, n_trees=10, search_k=10000)):
+        idx, sim = index.search(queries, 4)
+        assert idx[:, 0].tolist() == [0, 1, 2] and (sim[:, 0] > 0.99).all()
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend="):
+        build_index(np.eye(3, dtype=np.float32), backend="faiss")

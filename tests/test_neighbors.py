@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.index import AnnoyIndex
+from helpers.neighbors import near_duplicates, neighbor_table, truncate4, write_nearest_neighbors_json
+
+
+def catalog(n=30, d=8, seed=0, products=None):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    ids = products or [f"P{i:03d}" for i in range(n)]
+    items = pd.DataFrame({"row": range(n), "path": [f"img{i}.jpg" for i in range(n)], "productId": ids})
+    return v, items
+
+
+def test_truncate_not_round():
+    assert truncate4([0.81239, 0.99999, -0.12345, 1.0]).tolist() == [0.8123, 0.9999, -0.1234, 1.0]
+
+
+def test_image_level_format_order_and_self_exclusion():
+    v, items = catalog()
+    table = neighbor_table(v, items, k=5)
+    assert len(table) == 30 * 5
+    assert (table["master_pi"] != table["similar_pi"]).all()
+    for master, group in table.groupby("master_pi", sort=False):
+        assert group["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert group["similarity"].is_monotonic_decreasing
+    assert table["master_pi"].drop_duplicates().tolist() == items["productId"].tolist()
+    sims = v @ v.T
+    row = table.iloc[0]
+    i, j = int(row.master_pi[1:]), int(row.similar_pi[1:])
+    assert row.similarity == int(sims[i, j] * 10000) / 10000
+
+
+def test_include_self_reproduces_the_reference():
+    v, items = catalog()
+    table = neighbor_table(v, items, k=3, include_self=True)
+    first = table[table["rank"] == 1]
+    assert (first["master_pi"] == first["similar_pi"]).all()
+    assert (first["similarity"] >= 0.9999).all()
+
+
+def test_product_level_uses_best_image_and_lists_each_product_once():
+    v, items = catalog(products=[f"P{i // 3}" for i in range(30)])  # 10 products x 3 images
+    table = neighbor_table(v, items, k=4, level="product")
+    assert table["master_pi"].nunique() == 10
+    sims = v @ v.T
+    for master, group in table.groupby("master_pi"):
+        assert group["similar_pi"].is_unique and master not in set(group["similar_pi"])
+        assert len(group) == 4
+        for other, sim in zip(group["similar_pi"], group["similarity"]):
+            a, b = int(master[1:]), int(other[1:])
+            best = sims[3 * a:3 * a + 3, 3 * b:3 * b + 3].max()
+            assert sim == int(best * 10000) / 10000
+
+
+def test_min_similarity_and_duplicates_file():
+    v, items = catalog()
+    v[1] = v[0]  # an exact duplicate
+    table = neighbor_table(v, items, k=5, min_similarity=0.5)
+    assert (table["similarity"] >= 0.5).all()
+    dups = near_duplicates(neighbor_table(v, items, k=5), 0.99)
+    assert dups[["product_a", "product_b"]].values.tolist() == [["P000", "P001"]]
+
+
+def test_missing_and_duplicate_product_ids_at_product_level():
+    v, items = catalog(n=6, products=["A", "A", "B", "C", "C", "C"])
+    table = neighbor_table(v, items, k=20, level="product")
+    assert sorted(table["master_pi"].unique()) == ["A", "B", "C"]
+    assert table.groupby("master_pi").size().tolist() == [2, 2, 2]
+
+
+def test_annoy_backend_gives_same_table_at_high_search_k():
+    v, items = catalog(n=200)
+    exact = neighbor_table(v, items, k=5)
+    annoy = neighbor_table(v, items, k=5, index=AnnoyIndex.build(v, n_trees=10, search_k=100000))
+    pd.testing.assert_frame_equal(exact, annoy)
+
+
+def test_json_is_exactly_the_reference_format(tmp_path):
+    v, items = catalog()
+    table = neighbor_table(v, items, k=3)
+    write_nearest_neighbors_json(table, tmp_path / "nn.json")
+    records = json.loads((tmp_path / "nn.json").read_text())
+    assert len(records) == 90
+    assert all(list(r) == ["similarity", "master_pi", "similar_pi"] for r in records)
+    assert [r["master_pi"] for r in records[:3]] == ["P000"] * 3
+    text = (tmp_path / "nn.json").read_text()
+    assert all(len(str(r["similarity"]).split(".")[-1]) <= 4 for r in records), text[:200]
+    write_nearest_neighbors_json(table.iloc[:0], tmp_path / "empty.json")
+    assert json.loads((tmp_path / "empty.json").read_text()) == []
