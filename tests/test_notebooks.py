@@ -2,10 +2,11 @@
 import json
 
 import nbformat
+import pandas as pd
 import pytest
 
 from helpers import run, store
-from conftest import BAD, GOOD
+from conftest import BAD, GOOD, write_catalog
 
 
 def outputs_text(notebook_path) -> str:
@@ -18,18 +19,49 @@ def outputs_text(notebook_path) -> str:
     return "\n".join(parts)
 
 
-def test_01_embed_runs_on_hostile_folder(hostile_dir, tmp_path):
-    run_dir = run.run({"run_dir": str(tmp_path / "run"), "image_dir": str(hostile_dir),
-                       "catalog": None, "batch_size": 8}, notebooks=["01_embed.ipynb"])
-    executed = run_dir / "notebooks" / "01_embed.ipynb"
-    assert executed.exists()
+@pytest.fixture(scope="module")
+def pipeline_run(hostile_dir, tmp_path_factory):
+    """01 -> 02 -> 03 on the hostile folder, with a catalog and a tiny sweep grid."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    records = [{"imageName": p, "productId": f"SKU-{i % 9}"} for i, p in enumerate(sorted(GOOD))]
+    records += [{"imageName": p, "productId": f"BROKEN-{i}"} for i, p in enumerate(sorted(BAD))]
+    catalog = write_catalog(tmp / "image_data.json", records)
+    run_dir = run.run({"run_dir": str(tmp / "run"), "image_dir": str(hostile_dir),
+                       "catalog": str(catalog), "batch_size": 8, "n_trees_grid": [1, 5],
+                       "search_k_grid": [-1, 2], "n_queries": 5, "include_reference": False,
+                       "k": 4, "level": "product"})
+    return run_dir
+
+
+def test_01_embed_on_hostile_folder(pipeline_run):
+    executed = pipeline_run / "notebooks" / "01_embed.ipynb"
     text = outputs_text(executed)
     assert "truncated" in text and "empty file" in text  # the skipped summary is shown
-    items = store.load_items(run_dir)
+    items = store.load_items(pipeline_run)
     assert sorted(items["path"]) == sorted(GOOD)
-    assert len(store.load_skipped(run_dir)) == len(BAD)
+    assert len(store.load_skipped(pipeline_run)) == len(BAD)
     nb = nbformat.read(executed, as_version=4)
     assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_02_sweep_writes_table_and_choice(pipeline_run):
+    table = pd.read_csv(pipeline_run / "sweep.csv")
+    assert sorted(table.loc[table["backend"] == "annoy", "n_trees"].unique()) == [1, 5]
+    choice = json.loads((pipeline_run / "index_choice.json").read_text())
+    assert choice["backend"] in ("exact", "annoy") and "reason" in choice
+
+
+def test_03_writes_reference_format(pipeline_run):
+    records = json.loads((pipeline_run / "nearest_neighbors.json").read_text())
+    assert records and all(list(r) == ["similarity", "master_pi", "similar_pi"] for r in records)
+    masters = {r["master_pi"] for r in records}
+    assert masters == {f"SKU-{i}" for i in range(9)}
+    assert all(r["master_pi"] != r["similar_pi"] for r in records)
+    per_master = pd.DataFrame(records).groupby("master_pi").size()
+    assert (per_master == 4).all()
+    table = pd.read_parquet(pipeline_run / "neighbors.parquet")
+    assert len(table) == len(records)
+    assert (pipeline_run / "near_duplicates.csv").exists()
 
 
 def test_unknown_parameter_is_an_error(tmp_path):

@@ -72,7 +72,7 @@ def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, bac
     pairs["similarity"] = truncate4(pairs["similarity"])
     if min_similarity is not None:
         pairs = pairs[pairs["similarity"] >= min_similarity]
-    # masters in catalog order (first image of each product), neighbours best first
+    # masters in items order (sorted paths; a product at its first image), neighbours best first
     first_row = pairs.groupby(group_key)["m"].transform("min")
     pairs = pairs.assign(_order=first_row).sort_values(["_order", "rank"], kind="stable")
     out = pd.DataFrame({

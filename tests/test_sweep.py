@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from helpers import sweep
+
+
+def clustered(n=600, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, d))
+    v = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, d))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_sweep_measures_every_combination():
+    table = sweep.run_sweep(clustered(), n_trees_grid=[1, 5], search_k_grid=[-1, 10], k=5,
+                            n_queries=100, include_reference=False, progress=False)
+    annoy = table[table["backend"] == "annoy"]
+    assert len(annoy) == 4 and (table["backend"] == "exact").sum() == 1
+    assert annoy.set_index(["n_trees", "search_k"]).index.tolist() == [(1, -1), (1, 50), (5, -1), (5, 250)]
+    assert (annoy["index_bytes"] > 0).all() and (annoy["queries_per_second"] > 0).all()
+    assert annoy["recall"].between(0, 1).all()
+    # more trees with a larger search_k never find less on this data
+    assert annoy.iloc[-1]["recall"] >= annoy.iloc[0]["recall"]
+    assert table["pareto"].any()
+
+
+def test_reference_configuration_added_for_small_catalogs():
+    table = sweep.run_sweep(clustered(200), n_trees_grid=[2], search_k_grid=[-1, 5], k=5, n_queries=50,
+                            progress=False)
+    ref = table[table["reference"]]
+    assert ref["n_trees"].tolist() == [10_000] and ref["search_k"].tolist() == [-1]
+
+
+def test_pareto_front():
+    recall = np.array([0.9, 0.95, 0.8, 0.95])
+    speed = np.array([100, 50, 40, 60])
+    assert sweep.pareto_front(recall, speed).tolist() == [True, False, False, True]
+
+
+def test_recommendation_rules():
+    import pandas as pd
+    base = dict(index_bytes=1, peak_memory_bytes=1, reference=False, pareto=False, search_k_multiple=-1)
+    table = pd.DataFrame([
+        dict(backend="exact", n_trees=0, search_k=np.nan, recall=1.0, all_items_seconds=100, **base),
+        dict(backend="annoy", n_trees=5, search_k=-1, recall=0.90, all_items_seconds=5, **base),
+        dict(backend="annoy", n_trees=10, search_k=-1, recall=0.96, all_items_seconds=10, **base),
+        dict(backend="annoy", n_trees=50, search_k=-1, recall=0.99, all_items_seconds=40, **base),
+    ])
+    choice = sweep.recommend(table, 0.95)
+    assert (choice["backend"], choice["n_trees"], choice["search_k"]) == ("annoy", 10, -1)
+    assert sweep.recommend(table, 0.999)["backend"] == "exact"
+    table.loc[0, "all_items_seconds"] = 8
+    assert "faster" in sweep.recommend(table, 0.95)["reason"]
+    assert sweep.recommend(table, 0.95)["backend"] == "exact"
+
+
+@pytest.mark.parametrize("multiple,expected", [(-1, -1), (2, 400), (0.5, 100)])
+def test_search_k_multiples(multiple, expected):
+    assert sweep.resolve_search_k(multiple, k=20, n_trees=10) == expected
