@@ -184,3 +184,28 @@ def _versions() -> dict:
 
     return {"lookalike": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
             "tensorflow_hub": hub.__version__, "numpy": np.__version__, "pillow": PIL.__version__}
+
+
+def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "crop",
+                 batch_size: int = 64, engine: str = "auto", model=None, progress: bool = False) -> np.ndarray:
+    """L2-normalised vectors for in-memory pictures (uint8 arrays or PIL images), in order.
+
+    For query photos that are not in the catalog, and for benchmark data sets.
+    """
+    from PIL import Image
+
+    model = model or load_model(model_handle, engine)
+    pictures = list(pictures) if not hasattr(pictures, "__len__") else pictures
+    out = np.empty((len(pictures), model.dim), np.float32)
+    bar = _progress(len(pictures), progress)
+    for start in range(0, len(pictures), batch_size):
+        chunk = pictures[start:start + batch_size]
+        batch = np.stack([
+            np.asarray(images.fit_square(
+                images.to_rgb(p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))),
+                model.image_size, resize))
+            for p in chunk])
+        out[start:start + len(chunk)] = store.l2_normalise(model.embed(batch))
+        bar.update(len(chunk))
+    bar.close()
+    return out

@@ -120,15 +120,20 @@ def pareto_front(recall: np.ndarray, speed: np.ndarray) -> np.ndarray:
     return ~(better_or_equal & strictly).any(axis=1)
 
 
+def cheapest_annoy(table: pd.DataFrame, target_recall: float = 0.95) -> pd.Series | None:
+    """The Annoy row with the smallest estimated all-items time reaching target_recall."""
+    ok = table[(table["backend"] == "annoy") & (table["recall"] >= target_recall)]
+    return None if ok.empty else ok.sort_values(["all_items_seconds", "index_bytes"]).iloc[0]
+
+
 def recommend(table: pd.DataFrame, target_recall: float = 0.95) -> dict:
     """The configuration with the smallest estimated all-items time reaching target_recall."""
     exact = table[table["backend"] == "exact"].iloc[0]
-    ok = table[(table["backend"] == "annoy") & (table["recall"] >= target_recall)]
-    if ok.empty:
+    cheapest = cheapest_annoy(table, target_recall)
+    if cheapest is None:
         best, reason = exact, (f"no Annoy configuration reached recall {target_recall}; "
                                "exact search is the better choice at this size")
     else:
-        cheapest = ok.sort_values(["all_items_seconds", "index_bytes"]).iloc[0]
         if exact["all_items_seconds"] <= cheapest["all_items_seconds"]:
             best, reason = exact, (f"exact search ({exact['all_items_seconds']:.1f} s estimated) is "
                                    f"faster than the cheapest Annoy setting reaching recall "
