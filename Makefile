@@ -1,4 +1,5 @@
 # make run   - the whole pipeline on the bundled sample (creates .venv and the model cache once)
+# make sweep - an example sweep (2 models x 2 resize modes)
 # make test  - the test suite
 # make lab   - JupyterLab on the notebooks
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lab model install clean
+.PHONY: run sweep test lab model install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ model: $(STAMP)
 
 run: model
 	$(PY) -m helpers.run --config configs/sample.yaml
+
+sweep: model
+	$(PY) -m helpers.models efficientnet-lite2
+	$(PY) -m helpers.run --config configs/sweep.yaml
 
 test: model
 	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -86,3 +86,48 @@ def hostile_dir(tmp_path_factory) -> Path:
     Image.new("1", (10_000, 10_000)).save(root / "bomb.png")  # 100 Mpx, ~20 kB on disk
     (root / "readme.txt").write_text("not an image extension: never listed")
     return root
+
+
+@pytest.fixture(scope="session")
+def hostile_run_dir(hostile_dir, tmp_path_factory) -> Path:
+    """The hostile folder embedded once with the default model (no catalog)."""
+    from helpers.embed import embed_folder
+
+    run_dir = tmp_path_factory.mktemp("hostile_run")
+    embed_folder(hostile_dir, run_dir, batch_size=4, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(tmp_path_factory) -> Path:
+    """Four photos, each with a cropped PNG copy listed as another product."""
+    root = tmp_path_factory.mktemp("tiny")
+    for name in PHOTOS:
+        im = photo(name)
+        im.save(root / f"{name}.jpg", quality=90)
+        im.crop((10, 10, im.width - 10, im.height - 10)).save(root / f"{name}_copy.png")
+    records = [{"imageName": f"{n}{s}", "productId": f"{n}-{i}"}
+               for n in PHOTOS for i, s in enumerate([".jpg", "_copy.png"])]
+    write_catalog(root / "image_data.json", records)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_catalog, tmp_path_factory):
+    """The whole pipeline (all notebooks) through the CLI: a YAML file plus -p overrides.
+
+    Returns (run_dir, printed output)."""
+    import contextlib
+    import io
+
+    from helpers import run
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    config = tmp / "config.yaml"
+    config.write_text(f"run_dir: {tmp / 'run'}\nimage_dir: {tiny_catalog}\n"
+                      f"catalog: {tiny_catalog / 'image_data.json'}\nk: 5\n"
+                      "n_trees_grid: [1, 2]\nsearch_k_grid: [-1]\nn_queries: 4\nqueries: 2\n")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run.main(["-f", str(config), "-p", "k", "3", "-p", "level", "image"]) == 0
+    return tmp / "run", printed.getvalue()

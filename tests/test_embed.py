@@ -12,10 +12,8 @@ from conftest import BAD, GOOD, write_catalog
 
 
 @pytest.fixture(scope="module")
-def hostile_run(hostile_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    meta = embed_folder(hostile_dir, run_dir, batch_size=4, progress=False)
-    return run_dir, meta
+def hostile_run(hostile_run_dir):
+    return hostile_run_dir, store.load_meta(hostile_run_dir)
 
 
 def test_good_files_embedded_bad_files_explained(hostile_run):

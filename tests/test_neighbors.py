@@ -93,3 +93,14 @@ def test_json_is_exactly_the_reference_format(tmp_path):
     assert all(len(str(r["similarity"]).split(".")[-1]) <= 4 for r in records), text[:200]
     write_nearest_neighbors_json(table.iloc[:0], tmp_path / "empty.json")
     assert json.loads((tmp_path / "empty.json").read_text()) == []
+
+
+def test_search_by_image_finds_the_catalog_product(hostile_run_dir):
+    from PIL import Image
+    from conftest import photo
+    from helpers.neighbors import search_by_image
+
+    query = photo("coffee").rotate(8, expand=False).resize((300, 200))  # a new photo of the cup
+    table = search_by_image(hostile_run_dir, [query], k=3)
+    assert table["similar_path"].iloc[0] in {"coffee.PNG", "café ☕.jpg", "coffee_palette.gif"}
+    assert table["rank"].tolist() == [1, 2, 3] and table["similarity"].is_monotonic_decreasing

@@ -64,11 +64,6 @@ def test_03_writes_reference_format(pipeline_run):
     assert (pipeline_run / "near_duplicates.csv").exists()
 
 
-def test_unknown_parameter_is_an_error(tmp_path):
-    with pytest.raises(run.ParameterError, match="unknown parameter.*n_treez"):
-        run.run({"run_dir": str(tmp_path), "n_treez": 5}, notebooks=["01_embed.ipynb"])
-
-
 def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
     for path in sorted(run.NOTEBOOK_DIR.glob("*.ipynb")):
         nb = json.loads(path.read_text())

@@ -110,3 +110,36 @@ def near_duplicates(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     out = out[out["product_a"] != out["product_b"]]
     out = out.sort_values(["similarity", "product_a", "product_b"], ascending=[False, True, True])
     return out.drop_duplicates(["product_a", "product_b"]).reset_index(drop=True)
+
+
+def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> pd.DataFrame:
+    """Top-k catalog products for photos that are not in the catalog (paths or arrays).
+
+    The photos are embedded with the run's own model and resize mode, so they are
+    comparable with its store; ``index`` defaults to exact search.
+    """
+    from PIL import Image
+
+    from .embed import embed_pixels
+    from .index import ExactIndex
+
+    embeddings, items, meta = store.load_store(run_dir)
+    labels, loaded = [], []
+    for i, p in enumerate(pictures):
+        if isinstance(p, (str, Path)):
+            labels.append(str(p))
+            with Image.open(p) as im:
+                loaded.append(im.convert("RGB"))
+        else:
+            labels.append(f"query {i}")
+            loaded.append(p)
+    vectors = embed_pixels(loaded, meta["model_handle"], resize=meta["resize"])
+    idx, _ = (index or ExactIndex(embeddings)).search(vectors, k)
+    rows = []
+    for q, (label, found) in enumerate(zip(labels, idx)):
+        for rank, n in enumerate(found[found >= 0], 1):
+            rows.append((label, rank, items["productId"].iat[n], float(vectors[q] @ embeddings[n]),
+                         items["path"].iat[n]))
+    table = pd.DataFrame(rows, columns=["query", "rank", "similar_pi", "similarity", "similar_path"])
+    table["similarity"] = truncate4(table["similarity"])
+    return table

@@ -86,3 +86,83 @@ def plot_similarity_distribution(table):
     ax.set_xlabel("similarity (cosine)"), ax.set_ylabel("pairs"), ax.legend()
     fig.tight_layout()
     return fig
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def grid_image(query, neighbors, columns: int = 6, thumb_size: int = 160):
+    """One query and its neighbours as a single picture (fast: no matplotlib).
+
+    ``query``: (thumbnail, caption). ``neighbors``: (thumbnail, caption, similarity, correct)
+    tuples, where correct is True/False when ground truth is known, else None. Borders are
+    coloured by similarity, or green/red for correct/incorrect.
+    """
+    from PIL import Image, ImageDraw
+
+    cells = [(query[0], query[1], None, None)] + list(neighbors)
+    columns = max(1, min(columns, len(cells)))
+    rows = -(-len(cells) // columns)
+    pad, text_h, border = 8, 34, 5
+    cell_w, cell_h = thumb_size + 2 * pad, thumb_size + 2 * pad + text_h
+    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(10, thumb_size // 12))
+    for i, (thumb, caption, similarity, correct) in enumerate(cells):
+        x, y = (i % columns) * cell_w + pad, (i // columns) * cell_h + pad
+        if similarity is None:
+            color = (0, 0, 0)
+        elif correct is not None:
+            color = (30, 160, 60) if correct else (210, 40, 40)
+        else:
+            color = tuple(int(255 * c) for c in similarity_color(similarity)[:3])
+        draw.rectangle([x - border, y - border, x + thumb_size + border - 1, y + thumb_size + border - 1],
+                       fill=color)
+        tile = Image.new("RGB", (thumb_size, thumb_size), "white")
+        thumb = thumb.copy()
+        thumb.thumbnail((thumb_size, thumb_size))
+        tile.paste(thumb, ((thumb_size - thumb.width) // 2, (thumb_size - thumb.height) // 2))
+        canvas.paste(tile, (x, y))
+        label = "query: " + caption if similarity is None else f"{caption}\n{similarity:.4f}"
+        lines = [line[: max(8, thumb_size // 7)] for line in label.split("\n")]
+        draw.multiline_text((x, y + thumb_size + border + 1), "\n".join(lines), fill="black", font=font,
+                            spacing=2)
+    return canvas
+
+
+def catalog_map(embeddings, thumbnails, canvas_size: int = 2000, thumb_size: int = 56, seed: int = 0,
+                max_points: int = 1500):
+    """The catalog on its first two principal components, drawn with thumbnails.
+
+    ``thumbnails``: paths, one per embedding row. At most ``max_points`` (sampled) are drawn.
+    """
+    from PIL import Image, ImageDraw
+
+    from .thumbnails import open_thumbnail
+
+    n = len(embeddings)
+    rows = np.arange(n)
+    if n > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    x = np.asarray(embeddings[rows], dtype=np.float32)
+    x = x - x.mean(axis=0)
+    if len(rows) >= 2:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        xy = x @ vt[:2].T
+    else:
+        xy = np.zeros((len(rows), 2))
+    span = np.maximum(xy.max(axis=0) - xy.min(axis=0), 1e-9) if len(rows) else np.ones(2)
+    pos = ((xy - xy.min(axis=0)) / span * (canvas_size - thumb_size)).astype(int) if len(rows) else xy
+    canvas = Image.new("RGB", (canvas_size, canvas_size), "white")
+    for (px, py), r in zip(pos, rows):
+        thumb = open_thumbnail(thumbnails[r], thumb_size)
+        thumb.thumbnail((thumb_size, thumb_size))
+        canvas.paste(thumb, (int(px), int(canvas_size - thumb_size - py)))
+    ImageDraw.Draw(canvas).text((10, 10), "x: first principal component, y: second", fill="black", font=_font(20))
+    return canvas

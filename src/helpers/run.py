@@ -2,23 +2,41 @@
 
 Parameters come from a YAML file with ``-p name value`` overrides, using the names of the
 notebooks' ``parameters`` cells; a name that no notebook knows is an error. Executed
-notebooks go to ``<run_dir>/notebooks/``.
+notebooks go to ``<run_dir>/notebooks/`` with a self-contained HTML copy each, and
+``<run_dir>/report.html`` is the front page.
+
+Sweeps: a list given for a single-valued parameter (e.g. ``resize: [crop, pad]``) runs every
+combination into its own sub-folder of ``run_dir``; embeddings are computed once per
+combination of 01's parameters and reused by runs that differ only downstream.
+``sweep_summary.csv`` and ``sweep_summary.html`` compare the runs.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import itertools
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import yaml
 
+from . import report, store
+
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb"]
-PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir"}
+NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb"]
+EMBED_NOTEBOOK = "01_embed.ipynb"
+PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir", "labels"}
+STORE_FILES = [store.EMBEDDINGS, store.ITEMS, store.SKIPPED, store.META]
 
 
 class ParameterError(ValueError):
     """A parameter that no notebook declares, or a missing required one."""
+
+
+class RunError(RuntimeError):
+    """A notebook failed; the message names the cell and the partial HTML."""
 
 
 def notebook_parameters(notebook: Path) -> dict:
@@ -26,6 +44,13 @@ def notebook_parameters(notebook: Path) -> dict:
     import papermill as pm
 
     return {name: spec["default"] for name, spec in pm.inspect_notebook(str(notebook)).items()}
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
 
 
 def resolve_parameters(config: dict, notebooks: list[Path], base: Path) -> dict[Path, dict]:
@@ -42,25 +67,159 @@ def resolve_parameters(config: dict, notebooks: list[Path], base: Path) -> dict[
     values = dict(config)
     for name in PATH_PARAMETERS & set(values):
         if values[name] not in (None, ""):
-            values[name] = str((base / str(values[name])).resolve())
+            values[name] = str((base / str(values[name])).expanduser().resolve())
     return {nb: {k: v for k, v in values.items() if k in declared[nb]} for nb in notebooks}
 
 
-def run(config: dict, base: Path | None = None, notebooks: list[str] | None = None) -> Path:
-    """Execute the notebooks into ``run_dir/notebooks``; return the run folder."""
+def run(config: dict, base: Path | None = None, notebooks: list[str] | None = None,
+        embeddings_from: Path | None = None) -> Path:
+    """Execute the notebooks into ``run_dir/notebooks`` and write the report; return run_dir.
+
+    ``embeddings_from``: a finished run folder with the same 01 parameters; its store and
+    executed 01 are copied instead of embedding again.
+    """
     import papermill as pm
 
     base = base or Path.cwd()
     paths = [NOTEBOOK_DIR / n for n in (notebooks or NOTEBOOKS)]
     per_notebook = resolve_parameters(config, paths, base)
-    run_dir = Path(per_notebook[paths[0]].get("run_dir") or (base / config["run_dir"]).resolve())
+    run_dir = Path(str((base / str(config["run_dir"])).expanduser().resolve()))
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    shown = {k: v for k, v in config.items()}
+    done: list[dict] = []
     for nb in paths:
-        print(f"running {nb.name} -> {out_dir / nb.name}", flush=True)
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=per_notebook[nb],
-                            cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        executed = out_dir / nb.name
+        if embeddings_from is not None and nb.name == EMBED_NOTEBOOK:
+            for name in STORE_FILES:
+                shutil.copy2(embeddings_from / name, run_dir / name)
+            for suffix in (".ipynb", ".html"):
+                shutil.copy2(embeddings_from / "notebooks" / nb.with_suffix(suffix).name,
+                             out_dir / nb.with_suffix(suffix).name)
+            done.append({"name": nb.stem, "html": executed.with_suffix(".html"),
+                         "status": f"ok (embeddings reused from {embeddings_from.name})"})
+            continue
+        print(f"running {nb.name} -> {executed}", flush=True)
+        try:
+            pm.execute_notebook(str(nb), str(executed), parameters=per_notebook[nb],
+                                cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        except pm.PapermillExecutionError as exc:
+            html = report.notebook_to_html(executed)
+            message = f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+            done.append({"name": nb.stem, "html": html, "status": message})
+            report.write_report(run_dir, shown, done)
+            raise RunError(f"{message}\n  partial notebook: {html}") from None
+        done.append({"name": nb.stem, "html": report.notebook_to_html(executed), "status": "ok"})
+    report.write_report(run_dir, shown, done)
     return run_dir
+
+
+def expand_sweep(config: dict, notebooks: list[Path] | None = None) -> list[dict]:
+    """Every combination of the list-valued settings of single-valued parameters.
+
+    A parameter whose default is a list (e.g. ``n_trees_grid``) is swept only when given a
+    list of lists.
+    """
+    declared = {}
+    for nb in notebooks or [NOTEBOOK_DIR / n for n in NOTEBOOKS]:
+        declared.update(notebook_parameters(nb))
+    axes = {}
+    for name, value in config.items():
+        list_typed = isinstance(_literal(declared.get(name, "None")), list)
+        if isinstance(value, list) and (not list_typed or (value and all(isinstance(v, list) for v in value))):
+            axes[name] = value
+    if not axes:
+        return [dict(config)]
+    combos = []
+    for values in itertools.product(*axes.values()):
+        combo = dict(config)
+        combo.update(zip(axes, values))
+        combo["_swept"] = dict(zip(axes, values))
+        combos.append(combo)
+    return combos
+
+
+def _slug(swept: dict) -> str:
+    text = ",".join(f"{k}={Path(str(v)).name if k in PATH_PARAMETERS else v}" for k, v in swept.items())
+    return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:120]
+
+
+def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | None = None) -> Path:
+    """Run every combination into ``run_dir/<name>/``; return the page to open.
+
+    Without list-valued settings this is a single run and the page is its report.html;
+    otherwise it is ``run_dir/sweep_summary.html``.
+    """
+    import pandas as pd
+
+    base = base or Path.cwd()
+    names = notebooks or NOTEBOOKS
+    paths = [NOTEBOOK_DIR / n for n in names]
+    combos = expand_sweep(config, paths)
+    if len(combos) == 1 and "_swept" not in combos[0]:
+        return run(config, base, names) / "report.html"
+    root = (base / str(config["run_dir"])).expanduser().resolve()
+    embed_names = set(notebook_parameters(NOTEBOOK_DIR / EMBED_NOTEBOOK)) - {"run_dir", "n_examples"}
+    for combo in combos:  # check every combination before spending time on any
+        resolve_parameters({k: v for k, v in combo.items() if k != "_swept"}, paths, base)
+    embedded: dict[str, Path] = {}
+    rows = []
+    for combo in combos:
+        swept = combo.pop("_swept")
+        run_dir = root / _slug(swept)
+        combo["run_dir"] = str(run_dir)
+        key = repr(sorted((k, repr(v)) for k, v in combo.items() if k in embed_names))
+        reuse = embedded.get(key) if EMBED_NOTEBOOK in names else None
+        print(f"== {run_dir.name}" + (f" (embeddings from {reuse.name})" if reuse else ""), flush=True)
+        try:
+            run(combo, base, names, embeddings_from=reuse)
+            status = "ok"
+        except RunError as exc:
+            status = str(exc).splitlines()[0]
+        if status == "ok":
+            embedded.setdefault(key, run_dir)
+        rows.append({"run": run_dir.name, **swept, "status": status, **report.key_figures(run_dir)})
+    summary = pd.DataFrame(rows)
+    store.write_table(root / "sweep_summary.csv", summary)
+    return write_sweep_page(root, summary)
+
+
+def write_sweep_page(root: Path, summary) -> Path:
+    """``sweep_summary.html``: the comparison table and a bar chart per numeric figure."""
+    import base64
+    import html
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    numeric = [c for c in summary.columns
+               if c not in ("run", "status") and pd.api.types.is_numeric_dtype(summary[c])]
+    picture = ""
+    if numeric:
+        fig, axes = plt.subplots(1, len(numeric), figsize=(4.2 * len(numeric), 3.2 + 0.15 * len(summary)),
+                                 squeeze=False)
+        for ax, column in zip(axes[0], numeric):
+            ax.barh(summary["run"], summary[column], color="tab:blue")
+            ax.set_title(column, fontsize=9), ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        plt.close(fig)
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        picture = f'<img alt="comparison" src="data:image/png;base64,{data}">'
+    links = summary.assign(run=[f'<a href="{html.escape(r)}/report.html">{html.escape(r)}</a>'
+                                for r in summary["run"]])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep: {html.escape(root.name)}</title>"
+            f"<style>{report.STYLE}</style></head><body><h1>Sweep: {html.escape(root.name)}</h1>"
+            f"{links.to_html(index=False, escape=False)}{picture}</body></html>")
+    target = root / "sweep_summary.html"
+    with store.atomic_path(target) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return target
 
 
 def parse_value(text: str):
@@ -79,10 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in args.parameter:
         config[name] = parse_value(value)
     try:
-        run_dir = run(config)
+        page = run_sweep(config)
     except ParameterError as exc:
         parser.error(str(exc))
-    print(f"done: {run_dir}")
+    except RunError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {page}")
     return 0
 
 

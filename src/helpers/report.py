@@ -1,0 +1,107 @@
+"""Shareable HTML: each executed notebook as one self-contained file, and a run's front page.
+
+Notebook figures are stored in the notebooks as base64 PNG/JPEG, so the exported HTML
+carries its images inline: one file can be mailed.
+"""
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import store
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
+table{border-collapse:collapse;margin:1em 0} td,th{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:left}
+th{background:#f5f5f5} .fail{color:#b00020;font-weight:600} .ok{color:#1b7f3b}
+img{max-width:100%;border:1px solid #eee}
+"""
+
+
+def notebook_to_html(notebook: str | Path, target: str | Path | None = None) -> Path:
+    """Export an executed notebook to a self-contained HTML file next to it (or at target)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = Path(notebook)
+    target = Path(target) if target else notebook.with_suffix(".html")
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(notebook, as_version=4))
+    with store.atomic_path(target) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return target
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def key_figures(run_dir: str | Path) -> dict:
+    """The numbers a reader wants first, from whatever files the run has written."""
+    run_dir = Path(run_dir)
+    figures = {}
+    embed = _read_json(run_dir / store.META)
+    if embed:
+        figures.update({
+            "images embedded": embed.get("n_items"), "products": embed.get("n_products"),
+            "files skipped": embed.get("n_skipped"),
+            "model": f"{embed.get('model_handle')} ({embed.get('dim')}-d, resize={embed.get('resize')}, "
+                     f"engine={embed.get('engine')})",
+            "embedding throughput (images/s)": embed.get("images_per_second"),
+        })
+    choice = _read_json(run_dir / "index_choice.json")
+    if choice:
+        setting = "exact search" if choice["backend"] == "exact" else (
+            f"annoy n_trees={choice.get('n_trees')} search_k={choice.get('search_k')}")
+        figures["index recommended by 02"] = f"{setting} (recall@k {choice.get('recall')})"
+    neighbors = _read_json(run_dir / "neighbors_meta.json")
+    if neighbors:
+        figures["neighbours written"] = (f"{neighbors.get('pairs')} pairs for {neighbors.get('masters')} "
+                                         f"{neighbors.get('level')}s (backend {neighbors.get('backend')})")
+        figures["near-duplicate pairs"] = neighbors.get("near_duplicate_pairs")
+    for name, value in _read_json(run_dir / "metrics.json").items():
+        if isinstance(value, (int, float, str)):
+            figures[name] = value
+    return figures
+
+
+def _table(rows: dict) -> str:
+    cells = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                    for k, v in rows.items())
+    return f"<table>{cells}</table>"
+
+
+def write_report(run_dir: str | Path, parameters: dict, notebooks: list[dict]) -> Path:
+    """``run_dir/report.html``: parameters, key figures and links to each notebook's HTML.
+
+    ``notebooks``: dicts with name, html (path or None) and status ("ok" or an error text).
+    """
+    run_dir = Path(run_dir)
+    links = []
+    for nb in notebooks:
+        status = ('<span class="ok">ok</span>' if nb["status"] == "ok"
+                  else f'<span class="fail">{html.escape(nb["status"])}</span>')
+        link = (f'<a href="{html.escape(Path(nb["html"]).relative_to(run_dir).as_posix())}">'
+                f'{html.escape(nb["name"])}</a>' if nb.get("html") else html.escape(nb["name"]))
+        links.append(f"<tr><td>{link}</td><td>{status}</td></tr>")
+    map_img = run_dir / "catalog_map.jpg"
+    picture = ""
+    if map_img.exists():
+        import base64
+        data = base64.b64encode(map_img.read_bytes()).decode("ascii")
+        picture = f'<h2>Catalog map</h2><img alt="catalog map" src="data:image/jpeg;base64,{data}">'
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lookalike run: {html.escape(run_dir.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>lookalike run: {html.escape(run_dir.name)}</h1>
+<p class="sub">{html.escape(str(run_dir))} · {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>
+<h2>Key figures</h2>{_table(key_figures(run_dir))}
+<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th></tr>{''.join(links)}</table>
+<h2>Parameters</h2>{_table(parameters)}
+{picture}
+</body></html>"""
+    target = run_dir / "report.html"
+    with store.atomic_path(target) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return target

@@ -1,0 +1,78 @@
+"""The runner: parameters, failures, HTML exports and sweeps, on a tiny real catalog."""
+import json
+
+import pandas as pd
+import pytest
+
+from helpers import run, store
+
+FAST = ["01_embed.ipynb", "03_neighbors.ipynb"]
+
+
+def test_cli_config_overrides_and_outputs(tiny_run):
+    run_dir, out = tiny_run
+    assert f"report: {run_dir / 'report.html'}" in out
+    records = json.loads((run_dir / "nearest_neighbors.json").read_text())
+    assert len(records) == 8 * 3  # the -p override (k=3) won over the file (k=5)
+    for name in ("embeddings.npy", "items.parquet", "skipped.csv", "embed_meta.json", "sweep.csv",
+                 "index_choice.json", "neighbors.parquet", "near_duplicates.csv", "neighbors_meta.json",
+                 "catalog_map.jpg", "report.html"):
+        assert (run_dir / name).stat().st_size > 0, name
+    store.load_store(run_dir)
+    pd.read_csv(run_dir / "sweep.csv"), pd.read_parquet(run_dir / "neighbors.parquet")
+    json.loads((run_dir / "index_choice.json").read_text())
+    assert len(list((run_dir / "grids").glob("*.png"))) == 2
+    for nb in run.NOTEBOOKS:
+        html = (run_dir / "notebooks" / nb).with_suffix(".html").read_text()
+        assert "<html" in html and "data:image/png;base64" in html, nb  # figures are inline
+    page = (run_dir / "report.html").read_text()
+    assert "images embedded" in page and "01_embed.html" in page and "04_visual_grids.html" in page
+
+
+def test_unknown_parameter_is_refused_before_anything_runs(tiny_catalog, tmp_path):
+    with pytest.raises(SystemExit):
+        run.main(["-p", "run_dir", str(tmp_path / "run"), "-p", "n_treez", "5"])
+    with pytest.raises(run.ParameterError, match="unknown parameter.*n_treez"):
+        run.run({"run_dir": str(tmp_path / "run"), "n_treez": 5})
+    assert not (tmp_path / "run").exists()
+
+
+def test_failing_notebook_stops_with_cell_and_partial_html(tmp_path):
+    with pytest.raises(run.RunError, match=r"01_embed.ipynb failed in cell \d+: FileNotFoundError") as err:
+        run.run({"run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "missing"),
+                 "catalog": None}, notebooks=FAST)
+    partial = tmp_path / "run" / "notebooks" / "01_embed.html"
+    assert str(partial) in str(err.value) and "is not a folder" in partial.read_text()
+    assert not (tmp_path / "run" / "notebooks" / "03_neighbors.ipynb").exists()
+    assert "failed in cell" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_sweep_2x2_embeds_once_per_model(tiny_catalog, tmp_path, capsys):
+    config = {"run_dir": str(tmp_path / "sweep"), "image_dir": str(tiny_catalog),
+              "catalog": str(tiny_catalog / "image_data.json"),
+              "model_handle": ["efficientnet-lite0", "efficientnet-lite2"], "k": [2, 3]}
+    page = run.run_sweep(config, notebooks=FAST)
+    assert page == tmp_path / "sweep" / "sweep_summary.html"
+    summary = pd.read_csv(tmp_path / "sweep" / "sweep_summary.csv")
+    assert len(summary) == 4 and (summary["status"] == "ok").all()
+    assert sorted(zip(summary["model_handle"], summary["k"])) == [
+        ("efficientnet-lite0", 2), ("efficientnet-lite0", 3), ("efficientnet-lite2", 2), ("efficientnet-lite2", 3)]
+    out = capsys.readouterr().out
+    assert out.count("running 01_embed.ipynb") == 2  # once per model
+    runs = [tmp_path / "sweep" / r for r in summary["run"]]
+    for r, k in zip(runs, summary["k"]):
+        records = json.loads((r / "nearest_neighbors.json").read_text())
+        assert len(records) == 8 * k
+    created = {store.load_meta(r)["model_handle"]: set() for r in runs}
+    for r in runs:
+        created[store.load_meta(r)["model_handle"]].add(store.load_meta(r)["created"])
+    assert all(len(v) == 1 for v in created.values())
+    assert "sweep_summary" in page.read_text() or "<table" in page.read_text()
+
+
+def test_list_parameters_are_not_sweeps():
+    combos = run.expand_sweep({"run_dir": "x", "n_trees_grid": [1, 5], "resize": ["crop", "pad"]})
+    assert [c["resize"] for c in combos] == ["crop", "pad"]
+    assert all(c["n_trees_grid"] == [1, 5] for c in combos)
+    combos = run.expand_sweep({"run_dir": "x", "n_trees_grid": [[1], [5, 10]]})
+    assert [c["n_trees_grid"] for c in combos] == [[1], [5, 10]]
