@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import __version__, catalog as catalog_mod, images, store
 from .models import DEFAULT_MODEL, load_model
+from .store import PartialWork
 
 
 @dataclass
@@ -70,11 +71,15 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
                  resize: str = "crop", batch_size: int = 32, recursive: bool = True,
                  catalog: str | Path | None = None, on_missing: str = "error",
                  max_pixels: int = images.MAX_PIXELS, engine: str = "auto",
-                 workers: int | None = None, progress: bool = True) -> dict:
+                 workers: int | None = None, checkpoint_every: int = 1024,
+                 progress: bool = True) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the run summary.
 
     Writes embeddings.npy, items.parquet, skipped.csv and embed_meta.json (see ``store``).
     The catalog is matched before any image is decoded, so catalog problems fail fast.
+    Incremental and resumable: images whose bytes (sha256) are already in the run folder's
+    store, or in the checkpoints of an interrupted run, are not embedded again, provided
+    ``model_handle`` and ``resize`` are the same; removed images are dropped.
     """
     started = time.perf_counter()
     if resize not in images.RESIZE_MODES:
@@ -82,69 +87,111 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; must be at least 1")
     root, run_dir = Path(image_dir), Path(run_dir)
-    # the meta file certifies a complete store: remove it until this run has finished
-    (run_dir / store.META).unlink(missing_ok=True)
     paths = images.list_images(root, recursive)
     frame = catalog_mod.read_catalog(catalog) if catalog else None
     match = catalog_mod.match_catalog(paths, frame, on_missing, source=str(catalog))
     to_embed = [p for p in paths if p in match.product_id]
     not_listed = [p for p in paths if p not in match.product_id]
+    workers = workers or max(1, os.cpu_count() or 1)
 
-    model = load_model(model_handle, engine)
-    loaded = time.perf_counter()
+    key = {"model_handle": model_handle, "resize": resize, "max_pixels": max_pixels}
+    work = PartialWork(run_dir, key)
+    work.recover()  # a previous run died while moving its finished files into place
+    pool, previous, old_paths, same_key = store.VectorPool(), None, set(), False
+    if (run_dir / store.META).exists():
+        previous = store.load_meta(run_dir)
+        old_vectors, old_items, _ = store.load_store(run_dir)
+        old_paths = set(old_items["path"])
+        same_key = {k: previous.get(k) for k in key} == key
+        if same_key:  # never mix vectors of different models or preprocessing
+            pool.add(old_vectors, old_items)
+    work.start()
+    for vectors, table in work.chunks():
+        pool.add(vectors, table)
 
-    rows, skipped = [], [(p, "no productId in the catalog (on_missing='skip')") for p in not_listed]
-    batch: list[Decoded] = []
-    infer_seconds = 0.0
+    # which files need the model: hash everything only when there is something to reuse
+    sha = dict(zip(to_embed, _hash_files(root, to_embed, workers))) if len(pool) else {}
+    to_compute = [p for p in to_embed if sha.get(p) not in pool]
 
-    writer = store.EmbeddingWriter(run_dir, model.dim)
-    bar = _progress(len(to_embed), progress)
+    model, loaded, infer_seconds = None, time.perf_counter(), 0.0
+    reasons = {p: "no productId in the catalog (on_missing='skip')" for p in not_listed}
+    computed: dict[str, tuple[int, int]] = {}  # path -> (chunk number, row)
+    if to_compute:
+        model = load_model(model_handle, engine)
+        loaded = time.perf_counter()
+        bar = _progress(len(to_compute), progress)
+        batch: list[Decoded] = []
+        chunk_vectors: list[np.ndarray] = []
+        chunk_rows: list[tuple] = []
 
-    def flush():
-        nonlocal infer_seconds
-        t0 = time.perf_counter()
-        vectors = store.l2_normalise(model.embed(np.stack([d.pixels for d in batch])))
-        infer_seconds += time.perf_counter() - t0
-        writer.append(vectors)
-        for d in batch:
-            rows.append((len(rows), d.path, match.image_name[d.path], match.product_id[d.path],
-                         d.sha256, d.width, d.height))
-        bar.update(len(batch))
-        batch.clear()
+        def flush_batch():
+            nonlocal infer_seconds
+            t0 = time.perf_counter()
+            chunk_vectors.append(store.l2_normalise(model.embed(np.stack([d.pixels for d in batch]))))
+            infer_seconds += time.perf_counter() - t0
+            chunk_rows.extend((d.path, d.sha256, d.width, d.height) for d in batch)
+            bar.update(len(batch))
+            batch.clear()
 
-    try:
-        workers = workers or max(1, os.cpu_count() or 1)
-        for d in decoded_stream(root, to_embed, model.image_size, resize, max_pixels,
+        def flush_chunk():
+            if chunk_rows:
+                table = pd.DataFrame(chunk_rows, columns=store.CHUNK_COLUMNS)
+                work.write_chunk(np.concatenate(chunk_vectors), table)
+                pool.add(np.concatenate(chunk_vectors), table)
+            chunk_vectors.clear()
+            chunk_rows.clear()
+
+        for d in decoded_stream(root, to_compute, model.image_size, resize, max_pixels,
                                 workers, prefetch=max(2 * batch_size, 4 * workers)):
             if d.pixels is None:
-                skipped.append((d.path, d.reason))
+                reasons[d.path] = d.reason
                 bar.update(1)
+                continue
+            sha[d.path] = d.sha256
+            if d.sha256 in pool:  # same bytes as a file embedded earlier in this run
                 continue
             batch.append(d)
             if len(batch) >= batch_size:
-                flush()
+                flush_batch()
+                if len(chunk_rows) >= checkpoint_every:
+                    flush_chunk()
         if batch:
-            flush()
+            flush_batch()
+        flush_chunk()
+        bar.close()
+
+    # assemble the store in path order from reused and new vectors, then move it into place
+    rows = []
+    dim = model.dim if model else (previous or {}).get("dim")
+    if dim is None:  # nothing embedded now or before: every file was skipped
+        dim = load_model(model_handle, engine).dim
+    writer = store.EmbeddingWriter(work.folder, dim)
+    try:
+        block = []
+        for p in to_embed:
+            if p in reasons:
+                continue
+            vector, w, h = pool.get(sha[p])
+            block.append(vector)
+            rows.append((len(rows), p, match.image_name[p], match.product_id[p], sha[p], w, h))
+            if len(block) >= 4096:
+                writer.append(np.stack(block))
+                block.clear()
+        if block:
+            writer.append(np.stack(block))
     except BaseException:
         writer.abort()
-        bar.close()
         raise
-    bar.close()
-
-    items = pd.DataFrame(rows, columns=store.ITEM_COLUMNS)
-    skipped_frame = pd.DataFrame(skipped, columns=["path", "reason"]).sort_values("path", kind="stable")
-    # embed_meta.json is written last: a store without it is incomplete
-    store.write_table(run_dir / store.ITEMS, items)
-    store.write_table(run_dir / store.SKIPPED, skipped_frame)
     writer.close()
+    items = pd.DataFrame(rows, columns=store.ITEM_COLUMNS)
+    skipped_frame = pd.DataFrame(sorted(reasons.items()), columns=["path", "reason"])
     finished = time.perf_counter()
     embed_seconds = finished - loaded
     meta = {
-        "model_handle": model_handle,
-        "dim": model.dim,
-        "image_size": model.image_size,
-        "resize": resize,
-        "engine": model.engine,
+        **key,
+        "dim": dim,
+        "image_size": model.image_size if model else (previous or {}).get("image_size"),
+        "engine": model.engine if model else (previous or {}).get("engine"),
         "input_range": [0.0, 1.0],
         "normalised": "l2",
         "image_dir": str(root.resolve()),
@@ -156,6 +203,11 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "n_items": len(items),
         "n_products": int(items["productId"].nunique()),
         "n_skipped": len(skipped_frame),
+        "n_embedded_now": len(to_compute) - sum(1 for p in to_compute if p in reasons),
+        "n_reused": len(items) - sum(1 for p in to_compute if p not in reasons),
+        "n_removed": len(old_paths - set(items["path"])),
+        "previous_store": None if previous is None else (
+            "reused" if same_key else "replaced: different model_handle, resize or max_pixels"),
         "catalog_match": match.summary(),
         "seconds": {
             "model_load": round(loaded - started, 3),
@@ -163,12 +215,28 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
             "inference": round(infer_seconds, 3),
             "total": round(finished - started, 3),
         },
-        "images_per_second": round(len(to_embed) / embed_seconds, 2) if embed_seconds else None,
+        "images_per_second": round(len(to_compute) / embed_seconds, 2) if to_compute and embed_seconds else None,
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    store.write_json(run_dir / store.META, meta)
+    work.commit(items, skipped_frame, meta)
     return meta
+
+
+def _hash_files(root: Path, paths: list[str], workers: int) -> list[str | None]:
+    """sha256 of each file's bytes (None when it cannot be read), in threads."""
+    def digest(rel: str):
+        try:
+            h = hashlib.sha256()
+            with open(root / rel, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return h.hexdigest()
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(digest, paths))
 
 
 def _progress(total: int, enabled: bool):

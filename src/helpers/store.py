@@ -147,3 +147,95 @@ def load_store(run_dir: str | Path):
         raise ValueError(f"{run_dir}: {len(embeddings)} embeddings but {len(items)} items; "
                          "the store is inconsistent, re-run 01_embed")
     return embeddings, items, meta
+
+
+# --- resumable and incremental embedding ----------------------------------------------
+# Work in progress lives in run_dir/.partial/: "key.json" (model and preprocessing), chunks
+# of new vectors ("chunk_NNNNNN.npy" + ".parquet", the parquet written last commits the
+# chunk), and, once assembled, the final files plus "assembled.json" (the meta). Moving the
+# assembled files into place is replayed on the next start if a run dies half-way.
+PARTIAL = ".partial"
+CHUNK_COLUMNS = ["path", "sha256", "width", "height"]
+
+
+class VectorPool:
+    """Vectors already computed, found by the sha256 of the image bytes."""
+
+    def __init__(self):
+        self._where: dict[str, tuple[np.ndarray, int, int, int]] = {}
+
+    def add(self, vectors: np.ndarray, table: pd.DataFrame) -> None:
+        for row, (sha, w, h) in enumerate(zip(table["sha256"], table["width"], table["height"])):
+            self._where.setdefault(sha, (vectors, row, int(w), int(h)))
+
+    def __contains__(self, sha: str) -> bool:
+        return sha in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get(self, sha: str) -> tuple[np.ndarray, int, int]:
+        vectors, row, w, h = self._where[sha]
+        return vectors[row], w, h
+
+
+class PartialWork:
+    """The ``.partial`` folder of a run: checkpoints of an embedding run in progress."""
+
+    def __init__(self, run_dir: str | Path, key: dict):
+        self.run_dir, self.key = Path(run_dir), key
+        self.folder = self.run_dir / PARTIAL
+
+    def _key_matches(self) -> bool:
+        path = self.folder / "key.json"
+        return path.exists() and json.loads(path.read_text()) == self.key
+
+    def start(self) -> None:
+        """Keep checkpoints made with the same key; throw away any others."""
+        if self.folder.exists() and not self._key_matches():
+            self.discard()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "key.json").exists():
+            write_json(self.folder / "key.json", self.key)
+
+    def chunks(self):
+        """(vectors, table) of every committed chunk, vectors memory-mapped."""
+        for table_path in sorted(self.folder.glob("chunk_*.parquet")):
+            vectors = np.load(table_path.with_suffix(".npy"), mmap_mode="r")
+            table = pd.read_parquet(table_path)
+            if len(table) == len(vectors):
+                yield vectors, table
+
+    def write_chunk(self, vectors: np.ndarray, table: pd.DataFrame) -> None:
+        number = len(list(self.folder.glob("chunk_*.parquet")))
+        name = f"chunk_{number:06d}"
+        with atomic_path(self.folder / f"{name}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(vectors, dtype=np.float32))
+        write_table(self.folder / f"{name}.parquet", table[CHUNK_COLUMNS])
+
+    def commit(self, items: pd.DataFrame, skipped: pd.DataFrame, meta: dict) -> None:
+        """Assembled files are in .partial (embeddings.npy written by the caller): move them in."""
+        write_table(self.folder / ITEMS, items)
+        write_table(self.folder / SKIPPED, skipped)
+        write_json(self.folder / "assembled.json", meta)
+        self.recover()
+
+    def recover(self) -> bool:
+        """Finish moving an assembled store into place; True if there was one."""
+        marker = self.folder / "assembled.json"
+        if not marker.exists():
+            return False
+        meta = json.loads(marker.read_text())
+        (self.run_dir / META).unlink(missing_ok=True)  # incomplete until all files are in place
+        for name in (EMBEDDINGS, ITEMS, SKIPPED):
+            if (self.folder / name).exists():
+                os.replace(self.folder / name, self.run_dir / name)
+        write_json(self.run_dir / META, meta)
+        self.discard()
+        return True
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,131 @@
+"""Day-2 runs of 01: grown / shrunk / modified catalogs, and runs killed with SIGKILL."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+from helpers import store
+from helpers.embed import embed_folder
+from conftest import PHOTOS, photo
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory):
+    """24 product photos: crops, flips and tints of scikit-image's photos."""
+    root = tmp_path_factory.mktemp("catalog")
+    n = 0
+    for name in PHOTOS:
+        im = photo(name)
+        for variant in range(6):
+            w, h = im.size
+            m = 8 * variant
+            v = im.crop((m, m, w - m, h - m))
+            if variant % 2:
+                v = ImageOps.mirror(v)
+            if variant >= 4:
+                v = Image.blend(v, Image.new("RGB", v.size, (255, 200, 120)), 0.2)
+            folder = root / ("a" if n % 2 else "b")
+            folder.mkdir(exist_ok=True)
+            v.save(folder / f"{name}_{variant}.jpg", quality=88)
+            n += 1
+    return root
+
+
+def files_of(run_dir):
+    embeddings, items, _ = store.load_store(run_dir)
+    return np.asarray(embeddings), items, store.load_skipped(run_dir)
+
+
+def assert_same_store(a, b):
+    ea, ia, sa = files_of(a)
+    eb, ib, sb = files_of(b)
+    pd.testing.assert_frame_equal(ia, ib)
+    pd.testing.assert_frame_equal(sa, sb)
+    np.testing.assert_array_equal(ea, eb)
+
+
+def test_changed_catalog_embeds_only_what_changed(catalog_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    first = embed_folder(catalog_dir, run_dir, progress=False)
+    assert first["n_embedded_now"] == 24 and first["previous_store"] is None
+
+    changed = tmp_path / "changed"
+    shutil.copytree(catalog_dir, changed)
+    (changed / "a" / "coffee_1.jpg").unlink()                                   # removed
+    (changed / "b" / "rocket_0.jpg").rename(changed / "b" / "rocket_zero.jpg")  # renamed
+    Image.open(changed / "a" / "chelsea_1.jpg").rotate(90).save(changed / "a" / "chelsea_1.jpg")  # modified
+    photo("coffee").resize((200, 150)).save(changed / "new_coffee.png")         # added
+    (changed / "broken.jpg").write_bytes(b"\xff\xd8\xff")                      # added, bad
+
+    again = embed_folder(changed, run_dir, progress=False)
+    assert again["n_embedded_now"] == 2  # the modified and the added image; not the renamed one
+    assert again["n_reused"] == 22 and again["n_removed"] == 2  # coffee_1 and the old rocket_0 path
+    assert again["previous_store"] == "reused"
+    scratch = embed_folder(changed, tmp_path / "scratch", progress=False)
+    assert scratch["n_embedded_now"] == 24
+    assert_same_store(run_dir, tmp_path / "scratch")
+    assert not (run_dir / store.PARTIAL).exists()
+
+
+def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
+    embed_folder(catalog_dir, tmp_path / "run", progress=False)
+    padded = embed_folder(catalog_dir, tmp_path / "run", resize="pad", progress=False)
+    assert padded["n_reused"] == 0 and padded["n_embedded_now"] == 24
+    assert padded["previous_store"].startswith("replaced")
+    embed_folder(catalog_dir, tmp_path / "pad", resize="pad", progress=False)
+    assert_same_store(tmp_path / "run", tmp_path / "pad")
+
+
+def start_embedding(image_dir, run_dir):
+    code = (f"from helpers.embed import embed_folder; "
+            f"embed_folder({str(image_dir)!r}, {str(run_dir)!r}, batch_size=2, checkpoint_every=2, "
+            f"progress=False)")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("kill_after_chunks", [1, 5])
+def test_kill_9_and_resume_gives_identical_files(catalog_dir, tmp_path, kill_after_chunks):
+    reference = tmp_path / "reference"
+    embed_folder(catalog_dir, reference, progress=False)
+    run_dir = tmp_path / "run"
+    proc = start_embedding(catalog_dir, run_dir)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((run_dir / store.PARTIAL).glob("chunk_*.parquet"))) >= kill_after_chunks:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    chunks = len(list((run_dir / store.PARTIAL).glob("chunk_*.parquet")))
+    assert chunks >= kill_after_chunks and not (run_dir / store.META).exists()
+    resumed = embed_folder(catalog_dir, run_dir, progress=False)
+    assert resumed["n_reused"] >= 2 * chunks  # checkpointed vectors were not computed again
+    assert_same_store(run_dir, reference)
+
+
+def test_crash_while_moving_the_finished_files_is_replayed(catalog_dir, tmp_path, monkeypatch):
+    reference = tmp_path / "reference"
+    embed_folder(catalog_dir, reference, progress=False)
+    real_replace, calls = os.replace, []
+
+    def dying_replace(src, dst):
+        if str(src).endswith(store.ITEMS) and store.PARTIAL in str(src):
+            calls.append(src)
+            raise KeyboardInterrupt("killed between two renames")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        embed_folder(catalog_dir, tmp_path / "run", progress=False)
+    monkeypatch.setattr(store.os, "replace", real_replace)
+    assert calls and not (tmp_path / "run" / store.META).exists()
+    embed_folder(catalog_dir, tmp_path / "run", progress=False)
+    assert_same_store(tmp_path / "run", reference)
