@@ -129,3 +129,38 @@ def test_crash_while_moving_the_finished_files_is_replayed(catalog_dir, tmp_path
     assert calls and not (tmp_path / "run" / store.META).exists()
     embed_folder(catalog_dir, tmp_path / "run", progress=False)
     assert_same_store(tmp_path / "run", reference)
+
+
+@pytest.mark.parametrize("level", ["image", "product"])
+def test_refreshed_neighbours_equal_a_full_run(catalog_dir, tmp_path, level):
+    from helpers.neighbors import write_neighbors
+    from conftest import write_catalog
+
+    def catalog_for(folder):
+        records = [{"imageName": p.relative_to(folder).as_posix(), "productId": p.stem.rsplit("_", 1)[0]
+                    + ("-x" if p.stem.endswith(("4", "5")) else "")} for p in sorted(folder.rglob("*.*"))
+                   if p.suffix in (".jpg", ".png")]
+        return write_catalog(tmp_path / f"{folder.name}.json", records)
+
+    run_dir = tmp_path / "run"
+    embed_folder(catalog_dir, run_dir, catalog=catalog_for(catalog_dir), progress=False)
+    first = write_neighbors(run_dir, k=5, backend="exact", level=level)
+    assert not first["refreshed"] and first["masters_with_changed_neighbors"] is None
+
+    grown = tmp_path / "grown"
+    shutil.copytree(catalog_dir, grown)
+    (grown / "b" / "chelsea_0.jpg").unlink()
+    Image.open(grown / "a" / "rocket_1.jpg").rotate(180).save(grown / "a" / "rocket_1.jpg")
+    photo("astronaut").crop((100, 0, 400, 300)).save(grown / "b" / "astronaut_9.png")
+    catalog = catalog_for(grown)
+    embed_folder(grown, run_dir, catalog=catalog, progress=False)
+    refreshed = write_neighbors(run_dir, k=5, backend="exact", level=level)
+    assert refreshed["refreshed"] and refreshed["items_searched"] < 24
+    assert refreshed["masters_with_changed_neighbors"] > 0
+
+    scratch = tmp_path / "scratch"
+    embed_folder(grown, scratch, catalog=catalog, progress=False)
+    write_neighbors(scratch, k=5, backend="exact", level=level, refresh=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "neighbors.parquet"),
+                                  pd.read_parquet(scratch / "neighbors.parquet"))
+    assert (run_dir / "nearest_neighbors.json").read_text() == (scratch / "nearest_neighbors.json").read_text()

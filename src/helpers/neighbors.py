@@ -17,12 +17,23 @@ from . import store
 from .index import build_index
 
 LEVELS = ("image", "product")
+AUTO_EXACT_MAX_ITEMS = 50_000  # exact search beat every Annoy setting of recall >= 0.95 below this (docs/benchmarks.md)
 COLUMNS = ["master_pi", "rank", "similar_pi", "similarity", "master_path", "similar_path"]
 
 
 def truncate4(similarity: np.ndarray) -> np.ndarray:
     """Truncate toward zero to 4 decimals, like the reference's ``int(s * 10000) / 10000``."""
     return np.trunc(np.asarray(similarity, dtype=np.float64) * 10000) / 10000
+
+
+def fetch_size(items: pd.DataFrame, k: int, level: str = "image") -> int:
+    """Image-level candidates needed per item for a top-k list at ``level``."""
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r}; choose one of {LEVELS}")
+    per_product = items["productId"].astype(str).value_counts()
+    # a product with m images can fill m-1 slots of another's list with itself: fetch more
+    spare = int(per_product.max()) - 1 if level == "product" and len(per_product) else 0
+    return k + spare * (k + 1)
 
 
 def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, backend: str = "exact",
@@ -34,18 +45,19 @@ def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, bac
     neighbour, scored by its best-matching pair of images. Similarities are recomputed
     exactly from the stored vectors, so every backend reports the same numbers for a pair.
     """
-    if level not in LEVELS:
-        raise ValueError(f"level={level!r}; choose one of {LEVELS}")
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    products = items["productId"].astype(str).to_numpy()
-    per_product = pd.Series(products).value_counts()
-    # a product with m images can fill m-1 slots of another's list with itself: fetch more
-    spare = int(per_product.max()) - 1 if level == "product" and len(per_product) else 0
-    fetch = k + spare * (k + 1)
+    fetch = fetch_size(items, k, level)
     if index is None:
         index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k)
     idx, _ = index.all_neighbors(fetch, include_self=include_self)
+    return table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self)
 
+
+def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.ndarray, k: int,
+                          level: str = "image", min_similarity: float | None = None,
+                          include_self: bool = False) -> pd.DataFrame:
+    """The neighbour table from image-level candidate rows (``idx``: item rows, -1 = none)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    products = items["productId"].astype(str).to_numpy()
     masters = np.repeat(np.arange(len(items)), idx.shape[1])
     similar = idx.ravel()
     valid = similar >= 0
@@ -143,3 +155,140 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> p
     table = pd.DataFrame(rows, columns=["query", "rank", "similar_pi", "similarity", "similar_path"])
     table["similarity"] = truncate4(table["similarity"])
     return table
+
+
+# --- refreshing after a small catalog change ---------------------------------------------
+CANDIDATES = "neighbor_candidates.npy"
+CANDIDATE_ITEMS = "neighbor_candidate_items.parquet"
+
+
+def save_candidates(run_dir: str | Path, idx: np.ndarray, items: pd.DataFrame) -> None:
+    """Keep the image-level candidate lists (and which image each row was) for a refresh."""
+    run_dir = Path(run_dir)
+    with store.atomic_path(run_dir / CANDIDATES) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, idx)
+    store.write_table(run_dir / CANDIDATE_ITEMS, items[["path", "sha256"]])
+
+
+def refresh_candidates(run_dir: str | Path, embeddings: np.ndarray, items: pd.DataFrame, fetch: int,
+                       include_self: bool = False, max_changed_fraction: float = 0.1):
+    """Update the saved exact candidate lists for a changed catalog without a full search.
+
+    Rows of new or changed images, and rows that lost a candidate, are searched again;
+    every other row only compares against the new images. Returns (idx, rows searched
+    again) or None when a full search is the better choice (no saved lists, another
+    ``fetch``, or more than ``max_changed_fraction`` of the catalog changed).
+    """
+    from .index import ExactIndex
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CANDIDATES).exists() or not (run_dir / CANDIDATE_ITEMS).exists():
+        return None
+    old_idx = np.load(run_dir / CANDIDATES)
+    old_items = pd.read_parquet(run_dir / CANDIDATE_ITEMS)
+    if old_idx.shape != (len(old_items), min(fetch, max(len(old_items) - (not include_self), 0))):
+        return None
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    key_new = list(zip(items["path"], items["sha256"]))
+    row_of = {key: row for row, key in enumerate(key_new)}
+    old_to_new = np.array([row_of.get(key, -1) for key in zip(old_items["path"], old_items["sha256"])])
+    known = np.zeros(len(items), bool)
+    known[old_to_new[old_to_new >= 0]] = True
+    fresh = np.flatnonzero(~known)  # new or changed images
+    if len(fresh) > max_changed_fraction * max(len(items), 1):
+        return None
+    n_out = min(fetch, len(items) - (not include_self))
+    idx = np.full((len(items), n_out), -1, np.int64)
+    dirty = np.zeros(len(items), bool)
+    dirty[fresh] = True
+    # lists that held every other image stay complete when images go; truncated ones don't
+    complete = old_idx.shape[1] >= len(old_items) - (not include_self)
+    for old_row, new_row in enumerate(old_to_new):
+        if new_row < 0:
+            continue
+        mapped = old_to_new[old_idx[old_row]]
+        if (mapped < 0).any():
+            if not complete:
+                dirty[new_row] = True  # lost a candidate: its next best is unknown
+                continue
+            mapped = mapped[mapped >= 0]
+        idx[new_row, :len(mapped)] = mapped
+    # clean rows: merge their old candidates with the fresh images, exactly
+    clean = np.flatnonzero(~dirty)
+    for start in range(0, len(clean), 4096):
+        rows = clean[start:start + 4096]
+        cand = np.concatenate([idx[rows], np.broadcast_to(fresh, (len(rows), len(fresh)))], axis=1)
+        scores = np.einsum("rd,rcd->rc", embeddings[rows], embeddings[np.maximum(cand, 0)])
+        scores[cand < 0] = -np.inf
+        if not include_self:
+            scores[cand == rows[:, None]] = -np.inf
+        # order by score, then by row (the exact backend's tie-break), via a stable sort
+        order = np.lexsort((cand, -scores), axis=1)[:, :n_out]
+        idx[rows] = np.take_along_axis(cand, order, axis=1)
+    again = np.flatnonzero(dirty)
+    if len(again):
+        found, _ = ExactIndex(embeddings).search(embeddings[again], n_out,
+                                                  exclude=None if include_self else again)
+        idx[again] = found
+    return idx, len(again)
+
+
+def changed_masters(before: pd.DataFrame, after: pd.DataFrame) -> int:
+    """Masters whose neighbour list (ids in order) differs, including new and removed ones."""
+    def lists(table):
+        return table.groupby("master_pi", sort=False)["similar_pi"].agg(tuple).to_dict()
+
+    a, b = lists(before), lists(after)
+    return sum(1 for m in set(a) | set(b) if a.get(m) != b.get(m))
+
+
+def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
+                    search_k: int | None = None, include_self: bool = False, level: str = "product",
+                    min_similarity: float | None = None, duplicate_threshold: float = 0.95,
+                    refresh: bool = True) -> dict:
+    """Notebook 03's work: neighbour lists for the run's store, written as every output file.
+
+    backend "auto": 02's recommendation (index_choice.json) if present, else exact search up
+    to 50,000 items and Annoy beyond. ``refresh``: when few images changed since the last
+    run, update the saved lists instead of searching everything again.
+    Returns neighbors_meta.json's content.
+    """
+    import time
+
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    embeddings, items, _ = store.load_store(run_dir)
+    choice_path = run_dir / "index_choice.json"
+    choice = json.loads(choice_path.read_text()) if choice_path.exists() else {}
+    if backend == "auto":
+        backend = choice.get("backend") or ("exact" if len(items) <= AUTO_EXACT_MAX_ITEMS else "annoy")
+    n_trees = n_trees or choice.get("n_trees", 10)
+    search_k = search_k or choice.get("search_k", -1)
+    fetch = fetch_size(items, k, level)
+    refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if refresh else None
+    if refreshed is not None:
+        idx, searched = refreshed
+    else:
+        index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k)
+        idx, _ = index.all_neighbors(fetch, include_self=include_self)
+        searched = len(items)
+    save_candidates(run_dir, idx, items)
+    table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self)
+    before = run_dir / "neighbors.parquet"
+    changed = changed_masters(pd.read_parquet(before), table) if before.exists() else None
+    write_nearest_neighbors_json(table, run_dir / "nearest_neighbors.json")
+    store.write_table(before, table)
+    duplicates = near_duplicates(table, duplicate_threshold)
+    store.write_table(run_dir / "near_duplicates.csv", duplicates)
+    meta = {
+        "backend": backend, "n_trees": n_trees if backend == "annoy" else None,
+        "search_k": search_k if backend == "annoy" else None, "k": k, "level": level,
+        "include_self": include_self, "min_similarity": min_similarity,
+        "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
+        "pairs": len(table), "near_duplicate_pairs": len(duplicates),
+        "refreshed": refreshed is not None, "items_searched": int(searched),
+        "masters_with_changed_neighbors": changed, "seconds": round(time.perf_counter() - start, 3),
+    }
+    store.write_json(run_dir / "neighbors_meta.json", meta)
+    return meta
