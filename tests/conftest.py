@@ -131,3 +131,43 @@ def tiny_run(tiny_catalog, tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert run.main(["-f", str(config), "-p", "k", "3", "-p", "level", "image"]) == 0
     return tmp / "run", printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """A throwaway PostgreSQL server on a free local port (Debian's postgresql package).
+
+    Set LOOKALIKE_TEST_POSTGRES to a connection string to use an existing server instead.
+    """
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    if os.environ.get("LOOKALIKE_TEST_POSTGRES"):
+        yield os.environ["LOOKALIKE_TEST_POSTGRES"]
+        return
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    assert bindirs, "PostgreSQL server binaries not found: apt-get install postgresql (.ci/run does)"
+    bindir = Path(bindirs[-1])
+    data = tempfile.mkdtemp(prefix="lookalike-pg-")
+    as_postgres = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(data, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(as_postgres + [str(bindir / "initdb"), "-D", data, "-A", "trust", "-U", "postgres",
+                                  "--no-sync"], check=True, capture_output=True)
+    subprocess.run(as_postgres + [str(bindir / "pg_ctl"), "-D", data, "-w", "-l", f"{data}/server.log",
+                                  "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
+                                  "start"], check=True, capture_output=True)
+    try:
+        yield f"host=127.0.0.1 port={port} dbname=postgres user=postgres"
+    finally:
+        subprocess.run(as_postgres + [str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

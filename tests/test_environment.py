@@ -21,7 +21,7 @@ def conda_requirements() -> set[str]:
 
 
 def normalise(requirement: str) -> str:
-    name, rest = re.match(r"([A-Za-z0-9_.\-]+)(.*)", requirement.strip()).groups()
+    name, rest = re.match(r"([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?)(.*)", requirement.strip()).groups()
     return re.sub(r"[-_.]+", "-", name).lower() + rest.replace(" ", "")
 
 

@@ -1,0 +1,247 @@
+"""Export a run's neighbours where apps read them: SQLite, PostgreSQL, Elasticsearch/OpenSearch.
+
+    python -m helpers.export outputs/sample --sqlite            # outputs/sample/neighbors.sqlite
+    python -m helpers.export outputs/sample --postgres "host=... dbname=... user=..."
+    python -m helpers.export outputs/sample --elasticsearch     # outputs/sample/elasticsearch/
+
+Schema (SQLite and PostgreSQL): ``products(product_id, image_path, n_images)``,
+``neighbors(master_pi, rank, similar_pi, similarity)`` keyed by (master_pi, rank) so
+"similar products of X" is one indexed query, and ``run_meta(key, value)``.
+Every load is one transaction that replaces the previous run's rows (products gone from the
+catalog disappear): readers see the old rows or the new ones, and a failed load leaves the
+previous data intact. A database
+written from another model (or embedding size) is refused, as is a table with another schema.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import store
+
+SCHEMA = {
+    "products": [("product_id", "TEXT"), ("image_path", "TEXT"), ("n_images", "INTEGER")],
+    "neighbors": [("master_pi", "TEXT"), ("rank", "INTEGER"), ("similar_pi", "TEXT"),
+                  ("similarity", "DOUBLE PRECISION")],
+    "run_meta": [("key", "TEXT"), ("value", "TEXT")],
+}
+KEYS = {"products": "product_id", "neighbors": "master_pi, rank", "run_meta": "key"}
+# run_meta keys that must agree for a database to take this run's rows
+COMPATIBLE = ("model_handle", "dim", "resize")
+
+
+class ExportError(RuntimeError):
+    """The export cannot go ahead; nothing was written."""
+
+
+def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(products, neighbors, run_meta) ready to load, from 01's store and 03's output."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "neighbors.parquet").exists():
+        raise ExportError(f"{run_dir}: neighbors.parquet missing; run 03_neighbors first")
+    _, items, meta = store.load_store(run_dir)
+    table = pd.read_parquet(run_dir / "neighbors.parquet")
+    if table.duplicated(["master_pi", "rank"]).any():
+        raise ExportError(f"{run_dir}: several images of one product are masters (level='image'); "
+                          "re-run 03 with level='product' to export")
+    products = (items.groupby("productId", sort=False)
+                .agg(image_path=("path", "first"), n_images=("path", "size"))
+                .reset_index().rename(columns={"productId": "product_id"}))
+    neighbors = table[["master_pi", "rank", "similar_pi", "similarity"]].copy()
+    if neighbors.isna().any().any():
+        raise ExportError(f"{run_dir}: neighbors.parquet has {int(neighbors.isna().any(axis=1).sum())} rows "
+                          "with missing values; re-run 03_neighbors")
+    neighbors["rank"] = neighbors["rank"].astype(int)
+    neighbors["similarity"] = neighbors["similarity"].astype(float)
+    run_meta = {"model_handle": meta["model_handle"], "dim": str(meta["dim"]), "resize": meta["resize"],
+                "run_dir": str(run_dir.resolve()), "products": str(len(products)),
+                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return products, neighbors, run_meta
+
+
+def _check_compatible(existing: dict, run_meta: dict, where: str) -> None:
+    clash = {k: (existing[k], run_meta[k]) for k in COMPATIBLE if k in existing and existing[k] != run_meta[k]}
+    if clash:
+        detail = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in clash.items())
+        raise ExportError(f"{where} holds neighbours from another run setup ({detail}); "
+                          "export to a new database, or drop its tables first")
+
+
+def _check_columns(found: dict[str, list[str]], where: str) -> None:
+    for table, columns in SCHEMA.items():
+        want = [c for c, _ in columns]
+        if table in found and found[table] != want:
+            raise ExportError(f"{where}: table {table} has columns {found[table]}, expected {want}; "
+                              "export to a new database, or drop the table first")
+
+
+def _create_sql(sqlite: bool) -> list[str]:
+    statements = []
+    for table, columns in SCHEMA.items():
+        cols = ", ".join(f"{c} {'REAL' if sqlite and t == 'DOUBLE PRECISION' else t} NOT NULL"
+                         if c != "image_path" else f"{c} {t}" for c, t in columns)
+        statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({KEYS[table]}))")
+    statements.append("CREATE INDEX IF NOT EXISTS neighbors_similar_pi ON neighbors (similar_pi)")
+    return statements
+
+
+# --- SQLite ---------------------------------------------------------------------------
+
+
+def to_sqlite(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Load the run into a SQLite file (default ``run_dir/neighbors.sqlite``)."""
+    products, neighbors, run_meta = export_tables(run_dir)
+    path = Path(path) if path else Path(run_dir) / "neighbors.sqlite"
+    con = sqlite3.connect(path)
+    try:
+        found = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in SCHEMA}
+        _check_columns({t: c for t, c in found.items() if c}, str(path))
+        if found["run_meta"]:
+            _check_compatible(dict(con.execute("SELECT key, value FROM run_meta")), run_meta, str(path))
+        with con:  # one transaction: all or nothing
+            for sql in _create_sql(sqlite=True):
+                con.execute(sql)
+            con.execute("DELETE FROM neighbors")  # readers see the old rows until commit
+            con.execute("DELETE FROM products")
+            con.executemany("INSERT INTO products VALUES (?, ?, ?)", products.itertuples(index=False, name=None))
+            con.executemany("INSERT INTO neighbors VALUES (?, ?, ?, ?)",
+                            neighbors.itertuples(index=False, name=None))
+            con.execute("DELETE FROM run_meta")
+            con.executemany("INSERT INTO run_meta VALUES (?, ?)", run_meta.items())
+    finally:
+        con.close()
+    return path
+
+
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+def to_postgres(run_dir: str | Path, dsn: str) -> dict:
+    """Load the run into PostgreSQL with COPY, in one transaction; return row counts."""
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - psycopg is a dependency
+        raise ExportError("psycopg is not installed: pip install 'psycopg[binary]'") from exc
+    products, neighbors, run_meta = export_tables(run_dir)
+    try:
+        con = psycopg.connect(dsn, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise ExportError(f"cannot connect to PostgreSQL ({str(exc).strip()}); check the connection "
+                          "string, e.g. 'host=localhost port=5432 dbname=shop user=app'") from None
+    where = f"PostgreSQL {con.info.dbname}@{con.info.host}"
+    try:
+        with con.transaction():
+            cur = con.cursor()
+            cur.execute("SELECT table_name, column_name FROM information_schema.columns "
+                        "WHERE table_schema = current_schema() AND table_name = ANY(%s) "
+                        "ORDER BY table_name, ordinal_position", (list(SCHEMA),))
+            found: dict[str, list[str]] = {}
+            for table, column in cur.fetchall():
+                found.setdefault(table, []).append(column)
+            _check_columns(found, where)
+            if "run_meta" in found:
+                cur.execute("SELECT key, value FROM run_meta")
+                _check_compatible(dict(cur.fetchall()), run_meta, where)
+            for sql in _create_sql(sqlite=False):
+                cur.execute(sql)
+            # the run's rows replace the old ones; other sessions see the old rows until commit
+            cur.execute("DELETE FROM neighbors")
+            cur.execute("DELETE FROM products")
+            _copy(cur, "products", products)
+            _copy(cur, "neighbors", neighbors)
+            cur.execute("DELETE FROM run_meta")
+            cur.executemany("INSERT INTO run_meta VALUES (%s, %s)", list(run_meta.items()))
+    finally:
+        con.close()
+    return {"products": len(products), "neighbors": len(neighbors)}
+
+
+def _copy(cur, table: str, frame: pd.DataFrame) -> None:
+    with cur.copy(f"COPY {table} FROM STDIN") as copy:
+        for row in frame.itertuples(index=False, name=None):
+            copy.write_row(row)
+
+
+# --- Elasticsearch / OpenSearch -------------------------------------------------------
+
+
+def elasticsearch_mapping(dim: int) -> dict:
+    """Index mapping: similar products as nested objects, the embedding as a dense_vector."""
+    return {"mappings": {"properties": {
+        "product_id": {"type": "keyword"},
+        "image_path": {"type": "keyword"},
+        "n_images": {"type": "integer"},
+        "similar": {"type": "nested", "properties": {
+            "product_id": {"type": "keyword"},
+            "rank": {"type": "integer"},
+            "similarity": {"type": "float"}}},
+        "embedding": {"type": "dense_vector", "dims": dim, "index": True, "similarity": "cosine"},
+    }}}
+
+
+def to_elasticsearch(run_dir: str | Path, index_name: str = "lookalike", folder: str | Path | None = None) -> Path:
+    """Write ``mapping.json`` and a bulk ``products.ndjson`` (one document per product).
+
+    A product's embedding is the vector of its first image.
+    """
+    run_dir = Path(run_dir)
+    products, neighbors, _ = export_tables(run_dir)
+    embeddings, items, meta = store.load_store(run_dir)
+    first_row = items.drop_duplicates("productId").set_index("productId")["row"]
+    folder = Path(folder) if folder else run_dir / "elasticsearch"
+    folder.mkdir(parents=True, exist_ok=True)
+    store.write_json(folder / "mapping.json", elasticsearch_mapping(int(meta["dim"])))
+    similar = {m: g for m, g in neighbors.groupby("master_pi", sort=False)}
+    with store.atomic_path(folder / "products.ndjson") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for product in products.itertuples(index=False):
+            group = similar.get(product.product_id)
+            doc = {
+                "product_id": product.product_id, "image_path": product.image_path,
+                "n_images": int(product.n_images),
+                "similar": [] if group is None else [
+                    {"product_id": s, "rank": int(r), "similarity": float(v)}
+                    for s, r, v in zip(group["similar_pi"], group["rank"], group["similarity"])],
+                "embedding": [round(float(x), 6) for x in np.asarray(embeddings[first_row[product.product_id]])],
+            }
+            f.write(json.dumps({"index": {"_index": index_name, "_id": product.product_id}}) + "\n")
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    (folder / "README.txt").write_text(
+        "Create the index, then post the documents:\n"
+        f"  curl -XPUT 'localhost:9200/{index_name}' -H 'Content-Type: application/json' -d @mapping.json\n"
+        "  curl -XPOST 'localhost:9200/_bulk' -H 'Content-Type: application/x-ndjson' "
+        "--data-binary @products.ndjson\n", encoding="utf-8")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a run's neighbours (see module docstring).")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--sqlite", nargs="?", const="", metavar="PATH", help="SQLite file (default in run_dir)")
+    parser.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
+    parser.add_argument("--elasticsearch", nargs="?", const="lookalike", metavar="INDEX",
+                        help="write an Elasticsearch/OpenSearch bulk file (index name)")
+    args = parser.parse_args(argv)
+    if args.sqlite is None and not args.postgres and not args.elasticsearch:
+        args.sqlite = ""
+    try:
+        if args.sqlite is not None:
+            print(f"sqlite: {to_sqlite(args.run_dir, args.sqlite or None)}")
+        if args.postgres:
+            print(f"postgres: {to_postgres(args.run_dir, args.postgres)}")
+        if args.elasticsearch:
+            print(f"elasticsearch: {to_elasticsearch(args.run_dir, args.elasticsearch)}")
+    except ExportError as exc:
+        print(f"export failed, nothing written: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
