@@ -99,3 +99,20 @@ def test_new_query_vectors():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend="):
         build_index(np.eye(3, dtype=np.float32), backend="faiss")
+
+
+def test_pca_annoy_reranks_with_exact_cosine(tmp_path):
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(30, 64))
+    v = centres[rng.integers(0, 30, 1500)] + 0.5 * rng.normal(size=(1500, 64))
+    vectors = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    truth, truth_sim = ExactIndex(vectors).all_neighbors(10)
+    index = AnnoyIndex.build(vectors, n_trees=10, search_k=5000, pca_dims=16, candidates=60)
+    idx, sim = index.all_neighbors(10)
+    assert recall_at_k(idx, truth) > 0.9
+    np.testing.assert_allclose(sim, np.take_along_axis(vectors @ vectors.T, idx, 1), atol=1e-5)
+    index.save(tmp_path / "pca.ann")
+    with pytest.raises(ValueError, match="pass vectors="):
+        AnnoyIndex.load(tmp_path / "pca.ann", dim=64)
+    loaded = AnnoyIndex.load(tmp_path / "pca.ann", dim=64, search_k=5000, vectors=vectors, candidates=60)
+    np.testing.assert_array_equal(loaded.search(vectors[:5], 10)[0], index.search(vectors[:5], 10)[0])

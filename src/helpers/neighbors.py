@@ -133,7 +133,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> p
     from PIL import Image
 
     from .embed import embed_pixels
-    from .index import ExactIndex
+    from .index import ExactIndex, pair_cosine
 
     embeddings, items, meta = store.load_store(run_dir)
     labels, loaded = [], []
@@ -180,7 +180,7 @@ def refresh_candidates(run_dir: str | Path, embeddings: np.ndarray, items: pd.Da
     again) or None when a full search is the better choice (no saved lists, another
     ``fetch``, or more than ``max_changed_fraction`` of the catalog changed).
     """
-    from .index import ExactIndex
+    from .index import ExactIndex, pair_cosine
 
     run_dir = Path(run_dir)
     if not (run_dir / CANDIDATES).exists() or not (run_dir / CANDIDATE_ITEMS).exists():
@@ -219,8 +219,7 @@ def refresh_candidates(run_dir: str | Path, embeddings: np.ndarray, items: pd.Da
     for start in range(0, len(clean), 4096):
         rows = clean[start:start + 4096]
         cand = np.concatenate([idx[rows], np.broadcast_to(fresh, (len(rows), len(fresh)))], axis=1)
-        scores = np.einsum("rd,rcd->rc", embeddings[rows], embeddings[np.maximum(cand, 0)])
-        scores[cand < 0] = -np.inf
+        scores = pair_cosine(embeddings[rows], embeddings, cand)  # as exact search scores them
         if not include_self:
             scores[cand == rows[:, None]] = -np.inf
         # order by score, then by row (the exact backend's tie-break), via a stable sort
@@ -244,7 +243,8 @@ def changed_masters(before: pd.DataFrame, after: pd.DataFrame) -> int:
 
 
 def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
-                    search_k: int | None = None, include_self: bool = False, level: str = "product",
+                    search_k: int | None = None, pca_dims: int | None = None,
+                    include_self: bool = False, level: str = "product",
                     min_similarity: float | None = None, duplicate_threshold: float = 0.95,
                     refresh: bool = True) -> dict:
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
@@ -265,12 +265,13 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         backend = choice.get("backend") or ("exact" if len(items) <= AUTO_EXACT_MAX_ITEMS else "annoy")
     n_trees = n_trees or choice.get("n_trees", 10)
     search_k = search_k or choice.get("search_k", -1)
+    pca_dims = pca_dims or choice.get("pca_dims")
     fetch = fetch_size(items, k, level)
     refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if refresh else None
     if refreshed is not None:
         idx, searched = refreshed
     else:
-        index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k)
+        index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k, pca_dims=pca_dims)
         idx, _ = index.all_neighbors(fetch, include_self=include_self)
         searched = len(items)
     save_candidates(run_dir, idx, items)
@@ -283,7 +284,8 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     store.write_table(run_dir / "near_duplicates.csv", duplicates)
     meta = {
         "backend": backend, "n_trees": n_trees if backend == "annoy" else None,
-        "search_k": search_k if backend == "annoy" else None, "k": k, "level": level,
+        "search_k": search_k if backend == "annoy" else None,
+        "pca_dims": pca_dims if backend == "annoy" else None, "k": k, "level": level,
         "include_self": include_self, "min_similarity": min_similarity,
         "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
         "pairs": len(table), "near_duplicate_pairs": len(duplicates),

@@ -59,8 +59,12 @@ def resolve_search_k(multiple: float, k: int, n_trees: int) -> int:
 
 def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
               search_k_grid=(-1, 2, 5, 10, 20), k: int = 20, n_queries: int = 1000,
-              include_reference: bool | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """One row per configuration (plus one for exact search) with cost and recall@k."""
+              include_reference: bool | None = None, seed: int = 0, pca_dims: int | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """One row per configuration (plus one for exact search) with cost and recall@k.
+
+    ``pca_dims``: build the Annoy trees on that many PCA dimensions and re-rank exactly.
+    """
     from tqdm import tqdm
 
     vectors = np.asarray(embeddings, dtype=np.float32)
@@ -85,7 +89,8 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
         for n_trees in grid:
             start = time.perf_counter()
             with peak_memory() as mem:
-                index = AnnoyIndex.build(vectors, n_trees=n_trees)
+                index = AnnoyIndex.build(vectors, n_trees=n_trees,
+                                         pca_dims=None if n_trees == REFERENCE_N_TREES else pca_dims)
             build_seconds = time.perf_counter() - start
             path = Path(tmp) / f"{n_trees}.ann"
             index.save(path)
@@ -97,7 +102,8 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
                 start = time.perf_counter()
                 found, _ = index.search(vectors[queries], k, exclude=queries)
                 seconds = time.perf_counter() - start
-                rows.append({"backend": "annoy", "n_trees": n_trees, "search_k_multiple": multiple,
+                rows.append({"backend": "annoy", "n_trees": n_trees, "pca_dims": pca_dims if index.projection is not None else None,
+                             "search_k_multiple": multiple,
                              "search_k": index.search_k, "build_seconds": build_seconds,
                              "index_bytes": size, "peak_memory_bytes": mem["bytes"],
                              "queries_per_second": len(queries) / seconds,
@@ -146,5 +152,6 @@ def recommend(table: pd.DataFrame, target_recall: float = 0.95) -> dict:
               "estimated_all_items_seconds": round(float(best["all_items_seconds"]), 2),
               "target_recall": target_recall, "reason": reason}
     if best["backend"] == "annoy":
-        choice.update(n_trees=int(best["n_trees"]), search_k=int(best["search_k"]))
+        choice.update(n_trees=int(best["n_trees"]), search_k=int(best["search_k"]),
+                      pca_dims=None if pd.isna(best.get("pca_dims")) else int(best["pca_dims"]))
     return choice
