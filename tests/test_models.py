@@ -6,19 +6,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import models
+from fixtures.reference_inputs import square_crop
 
 REFERENCE = np.load(Path(__file__).parent / "fixtures" / "torch_reference.npz")
 # ImageNet classes: 281-285 are domestic cats, 967 espresso, 968 cup, 504 coffee mug
 CATS, COFFEE = set(range(281, 286)), {967, 968, 504}
-
-
-def square_crop(photo: np.ndarray, size: int) -> np.ndarray:
-    """The same library-independent crop as tests/fixtures/make_torch_reference.py."""
-    h, w = photo.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    idx = np.linspace(0, side - 1, size).round().astype(int)
-    return photo[top + idx][:, left + idx][..., :3]
 
 
 def reference_inputs(size):
