@@ -120,6 +120,12 @@ def test_postgres_bad_connection_and_other_model(run_dir, postgres_dsn):
     with psycopg.connect(postgres_dsn, autocommit=True) as con:
         assert con.execute("SELECT count(*) FROM neighbors").fetchone()[0] == before
         con.execute("DROP TABLE neighbors, products, run_meta")
+        con.execute("CREATE TABLE neighbors (product TEXT, score REAL)")
+    with pytest.raises(export.ExportError, match="table neighbors has columns"):
+        export.to_postgres(run_dir, postgres_dsn)
+    with psycopg.connect(postgres_dsn, autocommit=True) as con:
+        assert con.execute("SELECT to_regclass('products')").fetchone()[0] is None  # nothing written
+        con.execute("DROP TABLE neighbors")
 
 
 def _valid(value, spec):

@@ -184,7 +184,7 @@ class AnnoyIndex:
         """Run ``fetch(item, n)`` for every item in threads; return padded (idx, cosine)."""
         extra = 1 if drop is not None else 0
         n_out = max(0, min(k, len(self) - extra))
-        want = n_out if self.projection is None else min(len(self), max(n_out, self.candidates or 3 * n_out))
+        want = n_out if self.projection is None else min(len(self), max(n_out, self.candidates or 4 * n_out))
         out_idx = np.full((len(items), n_out), -1, np.int64)
         out_sim = np.full((len(items), n_out), -np.inf, np.float32)
 

@@ -51,6 +51,10 @@ def key_figures(run_dir: str | Path) -> dict:
                      f"engine={embed.get('engine')})",
             "embedding throughput (images/s)": embed.get("images_per_second"),
         })
+        if embed.get("previous_store"):
+            figures["images embedded in this run"] = (
+                f"{embed.get('n_embedded_now')} ({embed.get('n_reused')} reused, {embed.get('n_removed')} removed; "
+                f"previous store {embed.get('previous_store')})")
     choice = _read_json(run_dir / "index_choice.json")
     if choice:
         setting = "exact search" if choice["backend"] == "exact" else (
@@ -61,6 +65,10 @@ def key_figures(run_dir: str | Path) -> dict:
         figures["neighbours written"] = (f"{neighbors.get('pairs')} pairs for {neighbors.get('masters')} "
                                          f"{neighbors.get('level')}s (backend {neighbors.get('backend')})")
         figures["near-duplicate pairs"] = neighbors.get("near_duplicate_pairs")
+        if neighbors.get("refreshed"):
+            figures["neighbour lists refreshed"] = (
+                f"{neighbors.get('items_searched')} images searched again; "
+                f"{neighbors.get('masters_with_changed_neighbors')} {neighbors.get('level')}s changed neighbours")
     for name, value in _read_json(run_dir / "metrics.json").items():
         if isinstance(value, (int, float, str)):
             figures[name] = value
