@@ -10,7 +10,7 @@ model, cached under benchmarks/cache/. For each catalog size (the first N train 
       built on 64 PCA dimensions and candidates re-ranked by exact cosine (queries in
       parallel threads); (b') the same on full 1280-d vectors;
   (c) exact chunked search;
-  (d) auto: what 03_neighbors picks without a sweep (exact up to 50,000 items, else
+  (d) auto: what 03_neighbors picks without a sweep (exact up to 10,000 items, else
       Annoy with helpers.neighbors.AUTO_ANNOY).
 Each row: wall seconds (build + all-items top-20), peak RSS growth, recall@20 on 1,000
 sampled items.
@@ -116,7 +116,7 @@ def reference(vectors, sample, truth, budget_seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 60_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 60_000])
     parser.add_argument("--budget-seconds", type=float, default=1800,
                         help="build the real 10,000-tree forest only when estimated below this")
     args = parser.parse_args()

@@ -75,3 +75,10 @@ def test_on_missing_skip_and_filename(tmp_path):
 def test_no_catalog_uses_paths():
     match = match_catalog(PATHS, None)
     assert match.product_id == {p: p for p in PATHS}
+
+
+def test_absolute_and_foreign_paths_fall_back_to_the_file_name(tmp_path):
+    frame = catalog(tmp_path, [{"imageName": "/mnt/scrape/2019/cap.png", "productId": "CAP"},
+                               {"imageName": "C:\\shop\\img\\red.shoe.jpg", "productId": "RED"}])
+    match = match_catalog(PATHS, frame, on_missing="skip")
+    assert match.product_id == {"hats/cap.png": "CAP", "shoes/red.shoe.jpg": "RED"}

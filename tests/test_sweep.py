@@ -57,3 +57,13 @@ def test_recommendation_rules():
 @pytest.mark.parametrize("multiple,expected", [(-1, -1), (2, 400), (0.5, 100)])
 def test_search_k_multiples(multiple, expected):
     assert sweep.resolve_search_k(multiple, k=20, n_trees=10) == expected
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_tiny_catalogs_recommend_exact(n):
+    table = sweep.run_sweep(clustered(600)[:n], n_trees_grid=[1], search_k_grid=[-1], k=5, progress=False)
+    assert table["backend"].tolist() == ["exact"]
+    choice = sweep.recommend(table)
+    assert choice["backend"] == "exact"
+    import json
+    json.loads(json.dumps(choice, allow_nan=False))  # valid JSON: no NaN

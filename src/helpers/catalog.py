@@ -3,7 +3,8 @@
 The file may be a JSON list or one JSON object per line (the reference's format).
 ``imageName`` may be a path relative to ``image_dir``, a bare file name, or a file name
 without its extension (as the reference matched it); each entry is matched at the most
-specific level that points at exactly one image.
+specific level that points at exactly one image. Absolute paths, or paths under another
+root folder, fall back to their file name.
 """
 from __future__ import annotations
 
@@ -110,10 +111,14 @@ def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: st
         while name_key.startswith("./"):
             name_key = name_key[2:]
         hits = None
-        for level in range(4):
-            candidates = index.get((level, name_key))
-            if candidates:
-                hits = candidates
+        # as written; then its last component, for absolute paths or another root folder
+        tries = [(level, name_key) for level in range(4)]
+        base = PurePosixPath(name_key).name
+        if base != name_key:
+            tries += [(level, base) for level in (1, 2, 3)]
+        for attempt in tries:
+            if index.get(attempt):
+                hits = index[attempt]
                 break
         if hits is None:
             result.entries_without_image.append(name)

@@ -115,7 +115,6 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
 
     model, loaded, infer_seconds = None, time.perf_counter(), 0.0
     reasons = {p: "no productId in the catalog (on_missing='skip')" for p in not_listed}
-    computed: dict[str, tuple[int, int]] = {}  # path -> (chunk number, row)
     if to_compute:
         model = load_model(model_handle, engine)
         loaded = time.perf_counter()

@@ -51,6 +51,17 @@ def pair_cosine(queries: np.ndarray, vectors: np.ndarray, idx: np.ndarray, block
     return out
 
 
+def _top_k_parallel(scores: np.ndarray, k: int) -> np.ndarray:
+    """``top_k`` indices with the rows split over the cores (NumPy's partition releases the GIL)."""
+    threads = _n_threads(-1)
+    if threads == 1 or len(scores) < 64:
+        return top_k(scores, k)[0]
+    bounds = np.linspace(0, len(scores), threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(lambda lo, hi: top_k(scores[lo:hi], k)[0], bounds[:-1], bounds[1:])
+        return np.concatenate(list(parts))
+
+
 def _n_threads(n_jobs: int) -> int:
     return max(1, os.cpu_count() or 1) if n_jobs in (-1, None) else max(1, n_jobs)
 
@@ -84,7 +95,7 @@ class ExactIndex:
                 scores[np.arange(stop - start), exclude[start:stop]] = -np.inf
             # a few spare candidates, re-scored pair by pair: BLAS rounding depends on the
             # matrix shapes, pair_cosine does not, so near-ties order the same in every run
-            idx, _ = top_k(scores, min(n_out + RESCORE_MARGIN, scores.shape[1]))
+            idx = _top_k_parallel(scores, min(n_out + RESCORE_MARGIN, scores.shape[1]))
             sim = pair_cosine(queries[start:stop], self.vectors, idx)
             if exclude is not None:
                 sim[idx == exclude[start:stop, None]] = -np.inf
@@ -181,33 +192,40 @@ class AnnoyIndex:
         return index
 
     def _query(self, fetch, items, queries, k: int, drop: np.ndarray | None):
-        """Run ``fetch(item, n)`` for every item in threads; return padded (idx, cosine)."""
+        """Run ``fetch(item, n)`` for every item in threads; return padded (idx, cosine).
+
+        Annoy's calls run in threads (it releases the GIL); dropping the query itself,
+        the exact re-rank and the ordering are then done for all rows at once.
+        """
         extra = 1 if drop is not None else 0
         n_out = max(0, min(k, len(self) - extra))
         want = n_out if self.projection is None else min(len(self), max(n_out, self.candidates or 4 * n_out))
-        out_idx = np.full((len(items), n_out), -1, np.int64)
-        out_sim = np.full((len(items), n_out), -np.inf, np.float32)
+        cand = np.full((len(items), want + extra), -1, np.int64)
+        dist = np.full((len(items), want + extra), np.inf, np.float32)
+
+        sims = np.full((len(items), want + extra), -np.inf, np.float32)
 
         def work(lo: int, hi: int) -> None:
             for r in range(lo, hi):
-                ids, dist = fetch(items[r], want + extra)
-                ids, dist = np.asarray(ids, np.int64), np.asarray(dist, np.float32)
-                if drop is not None:
-                    keep = ids != drop[r]
-                    ids, dist = ids[keep], dist[keep]
-                if self.projection is not None and len(ids):
-                    sims = self.vectors[ids] @ np.asarray(queries[r], np.float32)  # exact re-rank
-                    order = np.lexsort((ids, -sims))[:n_out]
-                    ids, sim = ids[order], sims[order]
-                else:
-                    ids, sim = ids[:n_out], 1.0 - dist[:n_out] ** 2 / 2.0
-                out_idx[r, :len(ids)] = ids
-                out_sim[r, :len(ids)] = sim
+                ids, d = fetch(items[r], want + extra)
+                cand[r, :len(ids)], dist[r, :len(ids)] = ids, d
+            if drop is not None:
+                block = cand[lo:hi]
+                block[block == np.asarray(drop[lo:hi])[:, None]] = -1
+            if self.projection is not None:  # re-rank by cosine on the full vectors
+                sims[lo:hi] = pair_cosine(queries[lo:hi], self.vectors, cand[lo:hi])
+            else:
+                sims[lo:hi] = np.where(cand[lo:hi] >= 0, 1.0 - dist[lo:hi] ** 2 / 2.0, -np.inf)
 
         threads = _n_threads(self.n_jobs)
-        bounds = np.linspace(0, len(items), threads * 4 + 1).astype(int)
+        # blocks of ~512 rows: fetching one block overlaps with re-ranking another
+        bounds = np.unique(np.linspace(0, len(items), max(threads * 4, len(items) // 512) + 1).astype(int))
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(work, bounds[:-1], bounds[1:]))
+        order = np.lexsort((np.where(cand >= 0, cand, np.iinfo(np.int64).max), -sims), axis=1)[:, :n_out]
+        out_idx = np.take_along_axis(cand, order, axis=1)
+        out_sim = np.take_along_axis(sims, order, axis=1)
+        out_sim[out_idx < 0] = -np.inf
         return out_idx, out_sim
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
@@ -231,11 +249,11 @@ class AnnoyIndex:
                            None if include_self else rows)
 
 
-def fit_pca(vectors: np.ndarray, dims: int, seed: int = 42, sample: int = 20_000):
+def fit_pca(vectors: np.ndarray, dims: int, seed: int = 42, sample: int = 10_000):
     """(mean, components) of the top ``dims`` principal axes, learned on a sample of rows."""
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False))
-    x = np.asarray(vectors[rows], dtype=np.float64)
+    x = np.asarray(vectors[rows], dtype=np.float32)
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     return mean.astype(np.float32), vt[:dims].astype(np.float32)

@@ -17,8 +17,8 @@ from . import store
 from .index import build_index
 
 LEVELS = ("image", "product")
-AUTO_EXACT_MAX_ITEMS = 50_000  # exact search beat every Annoy setting of recall >= 0.95 below this (docs/benchmarks.md)
-# Annoy for "auto" beyond that, without a sweep: recall@20 0.95 on 60k real embeddings, 8x exact
+AUTO_EXACT_MAX_ITEMS = 10_000  # the measured crossover of exact and Annoy on 2 cores (docs/benchmarks.md)
+# Annoy for "auto" beyond that, without a sweep: recall@20 0.95 on 60k real embeddings (benchmarks)
 AUTO_ANNOY = {"n_trees": 10, "search_k": 2500, "pca_dims": 64}
 COLUMNS = ["master_pi", "rank", "similar_pi", "similarity", "master_path", "similar_path"]
 
@@ -252,7 +252,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
 
     backend "auto": 02's recommendation (index_choice.json) if present, else exact search up
-    to 50,000 items and Annoy beyond. ``refresh``: when few images changed since the last
+    to 10,000 items and Annoy (AUTO_ANNOY) beyond. ``refresh``: when few images changed since the last
     run, update the saved lists instead of searching everything again.
     Returns neighbors_meta.json's content.
     """

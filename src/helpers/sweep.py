@@ -78,11 +78,11 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
     exact_seconds = time.perf_counter() - start
     rows = [{"backend": "exact", "n_trees": 0, "search_k_multiple": np.nan, "search_k": np.nan,
              "build_seconds": 0.0, "index_bytes": vectors.nbytes, "peak_memory_bytes": mem["bytes"],
-             "queries_per_second": len(queries) / exact_seconds, "recall": 1.0}]
-    grid = sorted(set(n_trees_grid))
+             "queries_per_second": max(len(queries), 1) / exact_seconds, "recall": 1.0}]
+    grid = sorted(set(n_trees_grid)) if n >= 2 else []  # nothing to index below two items
     if include_reference is None:
         include_reference = n <= REFERENCE_MAX_ITEMS
-    if include_reference and REFERENCE_N_TREES not in grid:
+    if include_reference and grid and REFERENCE_N_TREES not in grid:
         grid.append(REFERENCE_N_TREES)
     bar = tqdm(total=len(grid) * len(search_k_grid), desc="sweep", disable=not progress, mininterval=2.0)
     with tempfile.TemporaryDirectory() as tmp:
