@@ -196,14 +196,16 @@ def write_sweep_page(root: Path, summary) -> Path:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    numeric = [c for c in summary.columns
-               if c not in ("run", "status") and pd.api.types.is_numeric_dtype(summary[c])]
+    summary = summary.assign(**{"#": range(1, len(summary) + 1)})
+    numeric = [c for c in summary.columns if c not in ("run", "status", "#")
+               and pd.api.types.is_numeric_dtype(summary[c]) and summary[c].nunique() > 1]
     picture = ""
     if numeric:
-        fig, axes = plt.subplots(1, len(numeric), figsize=(4.2 * len(numeric), 3.2 + 0.15 * len(summary)),
+        fig, axes = plt.subplots(1, len(numeric), figsize=(3.6 * len(numeric), 1.5 + 0.35 * len(summary)),
                                  squeeze=False)
         for ax, column in zip(axes[0], numeric):
-            ax.barh(summary["run"], summary[column], color="tab:blue")
+            ax.barh([f"#{i}" for i in summary["#"]], summary[column], color="tab:blue")
+            ax.invert_yaxis()
             ax.set_title(column, fontsize=9), ax.tick_params(labelsize=7)
         fig.tight_layout()
         buffer = io.BytesIO()
@@ -213,6 +215,7 @@ def write_sweep_page(root: Path, summary) -> Path:
         picture = f'<img alt="comparison" src="data:image/png;base64,{data}">'
     links = summary.assign(run=[f'<a href="{html.escape(r)}/report.html">{html.escape(r)}</a>'
                                 for r in summary["run"]])
+    links = links[["#"] + [c for c in links.columns if c != "#"]]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep: {html.escape(root.name)}</title>"
             f"<style>{report.STYLE}</style></head><body><h1>Sweep: {html.escape(root.name)}</h1>"
             f"{links.to_html(index=False, escape=False)}{picture}</body></html>")

@@ -21,6 +21,7 @@ import pandas as pd
 from .index import AnnoyIndex, ExactIndex, recall_at_k
 
 REFERENCE_N_TREES = 10_000
+EXACT_PREFERENCE = 1.25  # recommend Annoy only when at least this much faster than exact
 # 10,000 trees cost ~300 MB and ~35 s at 2,000 items; beyond this size the reference
 # configuration is left out of interactive sweeps (benchmarks/index_sweep.py measures it).
 REFERENCE_MAX_ITEMS = 5_000
@@ -140,7 +141,8 @@ def recommend(table: pd.DataFrame, target_recall: float = 0.95) -> dict:
         best, reason = exact, (f"no Annoy configuration reached recall {target_recall}; "
                                "exact search is the better choice at this size")
     else:
-        if exact["all_items_seconds"] <= cheapest["all_items_seconds"]:
+        # exact search has perfect recall: Annoy must be clearly faster to be worth it
+        if exact["all_items_seconds"] <= EXACT_PREFERENCE * cheapest["all_items_seconds"]:
             best, reason = exact, (f"exact search ({exact['all_items_seconds']:.1f} s estimated) is "
                                    f"faster than the cheapest Annoy setting reaching recall "
                                    f"{target_recall} ({cheapest['all_items_seconds']:.1f} s)")
