@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from helpers.index import AnnoyIndex
 from helpers.neighbors import near_duplicates, neighbor_table, truncate4, write_nearest_neighbors_json
@@ -26,7 +25,7 @@ def test_image_level_format_order_and_self_exclusion():
     table = neighbor_table(v, items, k=5)
     assert len(table) == 30 * 5
     assert (table["master_pi"] != table["similar_pi"]).all()
-    for master, group in table.groupby("master_pi", sort=False):
+    for _, group in table.groupby("master_pi", sort=False):
         assert group["rank"].tolist() == [1, 2, 3, 4, 5]
         assert group["similarity"].is_monotonic_decreasing
     assert table["master_pi"].drop_duplicates().tolist() == items["productId"].tolist()
@@ -96,7 +95,6 @@ def test_json_is_exactly_the_reference_format(tmp_path):
 
 
 def test_search_by_image_finds_the_catalog_product(hostile_run_dir):
-    from PIL import Image
     from conftest import photo
     from helpers.neighbors import search_by_image
 

@@ -135,7 +135,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> p
     from PIL import Image
 
     from .embed import embed_pixels
-    from .index import ExactIndex, pair_cosine
+    from .index import ExactIndex
 
     embeddings, items, meta = store.load_store(run_dir)
     labels, loaded = [], []
