@@ -92,12 +92,12 @@ def reference(vectors, sample, truth, budget_seconds: float) -> dict:
     """n_trees=10000 with Annoy's default search_k, single-threaded queries as in the reference."""
     n = len(vectors)
     trial_trees = 100
-    (index, trial_s, trial_mem) = timed(lambda: AnnoyIndex.build(vectors, n_trees=trial_trees, n_jobs=1))
+    (index, trial_s, trial_mem) = timed(lambda: AnnoyIndex.build(vectors, n_trees=trial_trees, n_jobs=1, build_jobs=1))
     per_tree = trial_s / trial_trees
     build_estimate = per_tree * 10_000
     note = ""
     if build_estimate <= budget_seconds:
-        (index, build_s, build_mem) = timed(lambda: AnnoyIndex.build(vectors, n_trees=10_000, n_jobs=1))
+        (index, build_s, build_mem) = timed(lambda: AnnoyIndex.build(vectors, n_trees=10_000, n_jobs=1, build_jobs=1))
     else:
         build_s, build_mem = build_estimate, trial_mem * 100
         note = f"build extrapolated from {trial_trees} trees; "

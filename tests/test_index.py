@@ -75,8 +75,19 @@ def test_annoy_similarity_is_cosine():
 def test_annoy_index_file_is_deterministic(tmp_path):
     vectors = unit(np.random.default_rng(4), 500)
     for name in ("a.ann", "b.ann"):
-        AnnoyIndex.build(vectors, n_trees=8, seed=7).save(tmp_path / name)
+        AnnoyIndex.build(vectors, n_trees=8, seed=7, build_jobs=1).save(tmp_path / name)
     assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
+    other_seed = AnnoyIndex.build(vectors, n_trees=8, seed=8, build_jobs=1)
+    other_seed.save(tmp_path / "c.ann")
+    assert (tmp_path / "c.ann").read_bytes() != (tmp_path / "a.ann").read_bytes()
+
+
+def test_multithreaded_build_is_repeatable_in_its_results():
+    vectors = unit(np.random.default_rng(4), 2000)
+    first = AnnoyIndex.build(vectors, n_trees=8, seed=7, build_jobs=2).all_neighbors(10)
+    for _ in range(3):
+        again = AnnoyIndex.build(vectors, n_trees=8, seed=7, build_jobs=2).all_neighbors(10)
+        np.testing.assert_array_equal(again[0], first[0])
 
 
 def test_annoy_save_load_and_on_disk_build(tmp_path):

@@ -144,10 +144,15 @@ class AnnoyIndex:
     @classmethod
     def build(cls, vectors: np.ndarray, n_trees: int = 10, search_k: int = -1, seed: int = 42,
               n_jobs: int = -1, on_disk_path: str | Path | None = None, pca_dims: int | None = None,
-              candidates: int | None = None) -> "AnnoyIndex":
+              candidates: int | None = None, build_jobs: int = -1) -> "AnnoyIndex":
         """Add every row of ``vectors`` as item i and build ``n_trees`` trees.
 
         ``on_disk_path``: build straight into that file (for indexes bigger than memory).
+        ``build_jobs``: threads for the build; -1 (default) uses every core. Each thread grows
+        its own seeded trees, so the same inputs and seed find the same neighbours every run,
+        but Annoy numbers nodes in the order threads finish: for a byte-identical index file
+        (the same inputs and seed give the same file), build with ``build_jobs=1``.
+        ``n_jobs``: threads for queries.
         """
         projection = None
         if pca_dims and pca_dims < vectors.shape[1]:
@@ -160,7 +165,7 @@ class AnnoyIndex:
             block = index._project(vectors[start:start + 8192])
             for i, v in enumerate(block, start):
                 index._annoy.add_item(i, v)
-        index._annoy.build(n_trees, n_jobs=n_jobs)
+        index._annoy.build(n_trees, n_jobs=build_jobs)
         return index
 
     def _project(self, x: np.ndarray) -> np.ndarray:
