@@ -82,3 +82,11 @@ def test_absolute_and_foreign_paths_fall_back_to_the_file_name(tmp_path):
                                {"imageName": "C:\\shop\\img\\red.shoe.jpg", "productId": "RED"}])
     match = match_catalog(PATHS, frame, on_missing="skip")
     assert match.product_id == {"hats/cap.png": "CAP", "shoes/red.shoe.jpg": "RED"}
+
+
+def test_case_differences_match_when_unambiguous(tmp_path):
+    frame = catalog(tmp_path, [{"imageName": "HATS/CAP.PNG", "productId": "CAP"},
+                               {"imageName": "Blue.jpg", "productId": "?"}])
+    match = match_catalog(PATHS, frame, on_missing="skip")
+    assert match.product_id == {"hats/cap.png": "CAP"}  # blue.jpg is in two folders: ambiguous
+    assert match.ambiguous_names == ["Blue.jpg"]

@@ -97,3 +97,21 @@ def test_rerun_replaces_the_store(hostile_dir, tmp_path):
     np.testing.assert_allclose(store.load_embeddings(tmp_path), first, atol=1e-6)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_file_names_that_are_not_utf8_are_explained_not_fatal(tmp_path):
+    import os
+    from PIL import Image
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(folder / "ok.jpg")
+    Image.new("RGB", (40, 40), (20, 10, 200)).save(folder / "new\nline.png")
+    with open(os.path.join(os.fsencode(folder), b"bad\xffname.jpg"), "wb") as f:
+        Image.new("RGB", (40, 40), (200, 10, 10)).save(f, "JPEG")
+    meta = embed_folder(folder, tmp_path / "run", progress=False)
+    items, skipped = store.load_items(tmp_path / "run"), store.load_skipped(tmp_path / "run")
+    assert sorted(items["path"]) == ["new\nline.png", "ok.jpg"]
+    assert skipped.to_dict("records") == [
+        {"path": "bad\\xffname.jpg", "reason": "file name is not valid UTF-8: rename the file to include it"}]
+    assert meta["n_files"] == 3

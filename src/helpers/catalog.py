@@ -4,7 +4,7 @@ The file may be a JSON list or one JSON object per line (the reference's format)
 ``imageName`` may be a path relative to ``image_dir``, a bare file name, or a file name
 without its extension (as the reference matched it); each entry is matched at the most
 specific level that points at exactly one image. Absolute paths, or paths under another
-root folder, fall back to their file name.
+root folder, fall back to their file name; letter case is ignored as a last resort.
 """
 from __future__ import annotations
 
@@ -77,13 +77,17 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["imageName", "productId"])
 
 
+LEVELS = 4  # relative path, file name, name without extension, name cut at the first dot
+
+
 def _keys(rel_path: str) -> list[tuple[int, str]]:
-    """Names by which an image may be referred to, most specific first."""
+    """Names by which an image may be referred to, most specific first; levels 4-7 are the
+    same names in lower case (catalogs scraped on case-insensitive systems)."""
     name = PurePosixPath(rel_path).name
     keys = [(0, rel_path), (1, name), (2, name.rsplit(".", 1)[0])]
     if "." in name.split(".", 1)[1]:  # the reference cut names at the first dot
         keys.append((3, name.split(".", 1)[0]))
-    return keys
+    return keys + [(level + LEVELS, key.lower()) for level, key in keys]
 
 
 def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: str = "error",
@@ -112,10 +116,11 @@ def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: st
             name_key = name_key[2:]
         hits = None
         # as written; then its last component, for absolute paths or another root folder
-        tries = [(level, name_key) for level in range(4)]
+        tries = [(level, name_key) for level in range(LEVELS)]
         base = PurePosixPath(name_key).name
         if base != name_key:
             tries += [(level, base) for level in (1, 2, 3)]
+        tries += [(level + LEVELS, key.lower()) for level, key in tries]
         for attempt in tries:
             if index.get(attempt):
                 hits = index[attempt]

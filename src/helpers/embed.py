@@ -88,6 +88,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         raise ValueError(f"batch_size={batch_size}; must be at least 1")
     root, run_dir = Path(image_dir), Path(run_dir)
     paths = images.list_images(root, recursive)
+    # names that are not UTF-8 (Linux allows any bytes) cannot be stored in the tables
+    bad_names = [p for p in paths if not _is_utf8(p)]
+    paths = [p for p in paths if _is_utf8(p)]
     frame = catalog_mod.read_catalog(catalog) if catalog else None
     match = catalog_mod.match_catalog(paths, frame, on_missing, source=str(catalog))
     to_embed = [p for p in paths if p in match.product_id]
@@ -115,6 +118,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
 
     model, loaded, infer_seconds = None, time.perf_counter(), 0.0
     reasons = {p: "no productId in the catalog (on_missing='skip')" for p in not_listed}
+    for p in bad_names:
+        shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        reasons[shown] = "file name is not valid UTF-8: rename the file to include it"
     if to_compute:
         model = load_model(model_handle, engine)
         loaded = time.perf_counter()
@@ -198,7 +204,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "on_missing": on_missing,
         "recursive": recursive,
         "batch_size": batch_size,
-        "n_files": len(paths),
+        "n_files": len(paths) + len(bad_names),
         "n_items": len(items),
         "n_products": int(items["productId"].nunique()),
         "n_skipped": len(skipped_frame),
@@ -220,6 +226,14 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     }
     work.commit(items, skipped_frame, meta)
     return meta
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _hash_files(root: Path, paths: list[str], workers: int) -> list[str | None]:
