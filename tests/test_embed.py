@@ -115,3 +115,15 @@ def test_file_names_that_are_not_utf8_are_explained_not_fatal(tmp_path):
     assert skipped.to_dict("records") == [
         {"path": "bad\\xffname.jpg", "reason": "file name is not valid UTF-8: rename the file to include it"}]
     assert meta["n_files"] == 3
+
+
+def test_a_run_folder_inside_image_dir_is_not_embedded(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(tmp_path / "ok.jpg")
+    run_dir = tmp_path / "outputs" / "run"
+    embed_folder(tmp_path, run_dir, progress=False)
+    (run_dir / "grids").mkdir()
+    Image.new("RGB", (40, 40)).save(run_dir / "grids" / "001.png")  # what 04 leaves behind
+    meta = embed_folder(tmp_path, run_dir, progress=False)
+    assert store.load_items(run_dir)["path"].tolist() == ["ok.jpg"] and meta["n_files"] == 1
