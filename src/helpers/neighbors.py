@@ -17,6 +17,9 @@ from . import store
 from .index import build_index
 
 LEVELS = ("image", "product")
+# product level: extra candidates per item for products with several images (see fetch_size);
+# a list may come out shorter than k when its neighbours have more images than this
+MAX_SPARE_IMAGES = 9
 AUTO_EXACT_MAX_ITEMS = 10_000  # the measured crossover of exact and Annoy on 2 cores (docs/benchmarks.md)
 # Annoy for "auto" beyond that, without a sweep: recall@20 0.95 on 60k real embeddings (benchmarks)
 AUTO_ANNOY = {"n_trees": 10, "search_k": 2500, "pca_dims": 64}
@@ -33,9 +36,10 @@ def fetch_size(items: pd.DataFrame, k: int, level: str = "image") -> int:
     if level not in LEVELS:
         raise ValueError(f"level={level!r}; choose one of {LEVELS}")
     per_product = items["productId"].astype(str).value_counts()
-    # a product with m images can fill m-1 slots of another's list with itself: fetch more
+    # a product with m images can fill m-1 slots of another's list with itself: fetch more,
+    # up to a cap so one product with hundreds of images cannot blow up every search
     spare = int(per_product.max()) - 1 if level == "product" and len(per_product) else 0
-    return k + spare * (k + 1)
+    return k + min(spare, MAX_SPARE_IMAGES) * (k + 1)
 
 
 def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, backend: str = "exact",
