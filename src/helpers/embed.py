@@ -145,9 +145,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
 
         def flush_chunk():
             if chunk_rows:
-                table = pd.DataFrame(chunk_rows, columns=store.CHUNK_COLUMNS)
-                work.write_chunk(np.concatenate(chunk_vectors), table)
-                pool.add(np.concatenate(chunk_vectors), table)
+                vectors, table = np.concatenate(chunk_vectors), pd.DataFrame(chunk_rows, columns=store.CHUNK_COLUMNS)
+                work.write_chunk(vectors, table)
+                pool.add(vectors, table)
             chunk_vectors.clear()
             chunk_rows.clear()
 
