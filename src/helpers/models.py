@@ -222,7 +222,7 @@ def build_efficientnet_lite(name: str, cache: Path | None = None) -> Path:
     state = load_state_dict(weights_path(name))
     size = EFFICIENTNET_LITE[name][3]
     keras_model = efficientnet_lite_keras(name, state)
-    module = _ExportModule(keras_model, size)
+    module = _export_module(keras_model, size)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.__call__})
@@ -316,7 +316,8 @@ def efficientnet_lite_keras(name: str, state: dict):
     return keras.Model(inputs, [feature_map, logits], name=name.replace("-", "_"))
 
 
-def _export_module_class():
+def _export_module(keras_model, size: int):
+    """Wrap the Keras network in a tf.Module with TF Hub's calling convention."""
     import tensorflow as tf
 
     class ExportModule(tf.Module):
@@ -343,11 +344,7 @@ def _export_module_class():
         def _logits(self, images):
             return self._run(images)[1]
 
-    return ExportModule
-
-
-def _ExportModule(keras_model, size):  # noqa: N802 - factory so tensorflow imports lazily
-    return _export_module_class()(keras_model, size)
+    return ExportModule(keras_model, size)
 
 
 def main(argv: list[str] | None = None) -> None:

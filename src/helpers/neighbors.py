@@ -71,20 +71,15 @@ def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.n
     sims = np.einsum("ij,ij->i", embeddings[masters], embeddings[similar])
     pairs = pd.DataFrame({"m": masters, "n": similar, "similarity": sims})
     paths = items["path"].to_numpy()
-    if level == "image":
-        pairs["master_pi"], pairs["similar_pi"] = products[masters], products[similar]
-    else:
-        pairs["master_pi"], pairs["similar_pi"] = products[masters], products[similar]
+    pairs["master_pi"], pairs["similar_pi"] = products[masters], products[similar]
+    if level == "product":
         if not include_self:
             pairs = pairs[pairs["master_pi"] != pairs["similar_pi"]]
         # best image pair per (master product, neighbour product)
         pairs = pairs.sort_values(["similarity", "m", "n"], ascending=[False, True, True], kind="stable")
         pairs = pairs.drop_duplicates(["master_pi", "similar_pi"])
     pairs = pairs.sort_values(["similarity", "n"], ascending=[False, True], kind="stable")
-    if level == "image":
-        group_key = "m"
-    else:
-        group_key = "master_pi"
+    group_key = "m" if level == "image" else "master_pi"
     pairs["rank"] = pairs.groupby(group_key, sort=False).cumcount() + 1
     pairs = pairs[pairs["rank"] <= k]
     pairs["similarity"] = truncate4(pairs["similarity"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import itertools
 import re
 import shutil
@@ -41,9 +42,14 @@ class RunError(RuntimeError):
 
 def notebook_parameters(notebook: Path) -> dict:
     """Names and default values (as source text) of a notebook's ``parameters`` cell."""
-    import papermill as pm
+    return dict(_inspect(str(notebook), Path(notebook).stat().st_mtime_ns))
 
-    return {name: spec["default"] for name, spec in pm.inspect_notebook(str(notebook)).items()}
+
+@functools.lru_cache(maxsize=32)
+def _inspect(path: str, _mtime: int) -> tuple:
+    import papermill as pm  # a sweep asks about each notebook many times: read it once
+
+    return tuple((name, spec["default"]) for name, spec in pm.inspect_notebook(path).items())
 
 
 def _literal(text: str):
@@ -86,7 +92,6 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
     run_dir = Path(str((base / str(config["run_dir"])).expanduser().resolve()))
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown = {k: v for k, v in config.items()}
     done: list[dict] = []
     for nb in paths:
         executed = out_dir / nb.name
@@ -107,10 +112,10 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
             html = report.notebook_to_html(executed)
             message = f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
             done.append({"name": nb.stem, "html": html, "status": message})
-            report.write_report(run_dir, shown, done)
+            report.write_report(run_dir, config, done)
             raise RunError(f"{message}\n  partial notebook: {html}") from None
         done.append({"name": nb.stem, "html": report.notebook_to_html(executed), "status": "ok"})
-    report.write_report(run_dir, shown, done)
+    report.write_report(run_dir, config, done)
     return run_dir
 
 
