@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, catalog as catalog_mod, images, store
+from . import __version__, catalog as catalog_mod, features, images, store, whitening
+from .features import Embedder
 from .models import DEFAULT_MODEL, load_model
 from .store import PartialWork
 
@@ -72,6 +73,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
                  catalog: str | Path | None = None, on_missing: str = "error",
                  max_pixels: int = images.MAX_PIXELS, engine: str = "auto",
                  workers: int | None = None, checkpoint_every: int = 1024,
+                 pooling: str = "auto", focus: str = "none", postprocess: str = "none",
                  progress: bool = True) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the run summary.
 
@@ -79,11 +81,17 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     The catalog is matched before any image is decoded, so catalog problems fail fast.
     Incremental and resumable: images whose bytes (sha256) are already in the run folder's
     store, or in the checkpoints of an interrupted run, are not embedded again, provided
-    ``model_handle`` and ``resize`` are the same; removed images are dropped.
+    ``model_handle``, ``resize``, ``pooling`` and ``focus`` are the same; removed images
+    are dropped. ``pooling`` / ``focus``: see ``helpers.features``. ``postprocess="whiten"``
+    learns PCA-whitening on the catalog's vectors (``whitening.npz``, see ``helpers.whitening``);
+    readers get whitened vectors through ``store.load_store``.
     """
     started = time.perf_counter()
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"resize={resize!r}; choose one of {images.RESIZE_MODES}")
+    features.check_options(pooling, focus)
+    if postprocess not in whitening.POSTPROCESS:
+        raise ValueError(f"postprocess={postprocess!r}; choose one of {whitening.POSTPROCESS}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; must be at least 1")
     root, run_dir = Path(image_dir), Path(run_dir)
@@ -102,15 +110,18 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     not_listed = [p for p in paths if p not in match.product_id]
     workers = workers or max(1, os.cpu_count() or 1)
 
-    key = {"model_handle": model_handle, "resize": resize, "max_pixels": max_pixels}
+    key = {"model_handle": model_handle, "resize": resize, "max_pixels": max_pixels,
+           "pooling": pooling, "focus": focus}
     work = PartialWork(run_dir, key)
     work.recover()  # a previous run died while moving its finished files into place
     pool, previous, old_paths, same_key = store.VectorPool(), None, set(), False
     if (run_dir / store.META).exists():
         previous = store.load_meta(run_dir)
-        old_vectors, old_items, _ = store.load_store(run_dir)
+        old_vectors, old_items, _ = store.load_store(run_dir, postprocessed=False)
         old_paths = set(old_items["path"])
-        same_key = {k: previous.get(k) for k in key} == key
+        # stores written before pooling/focus existed were whole-image average pooling
+        old_key = {**previous, "pooling": previous.get("pooling", "avg"), "focus": previous.get("focus", "none")}
+        same_key = {k: old_key.get(k) for k in key} == key
         if same_key:  # never mix vectors of different models or preprocessing
             pool.add(old_vectors, old_items)
     work.start()
@@ -127,7 +138,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         reasons[shown] = "file name is not valid UTF-8: rename the file to include it"
     if to_compute:
-        model = load_model(model_handle, engine)
+        model = Embedder(load_model(model_handle, engine), pooling, focus)
         loaded = time.perf_counter()
         bar = _progress(len(to_compute), progress)
         batch: list[Decoded] = []
@@ -137,7 +148,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         def flush_batch():
             nonlocal infer_seconds
             t0 = time.perf_counter()
-            chunk_vectors.append(store.l2_normalise(model.embed(np.stack([d.pixels for d in batch]))))
+            chunk_vectors.append(model(np.stack([d.pixels for d in batch])))
             infer_seconds += time.perf_counter() - t0
             chunk_rows.extend((d.path, d.sha256, d.width, d.height) for d in batch)
             bar.update(len(batch))
@@ -202,6 +213,8 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "dim": dim,
         "image_size": model.image_size if model else (previous or {}).get("image_size"),
         "engine": model.engine if model else (previous or {}).get("engine"),
+        "pooling_used": model.pooling if model else (previous or {}).get("pooling_used"),
+        "postprocess": postprocess,
         "input_range": [0.0, 1.0],
         "normalised": "l2",
         "image_dir": str(root.resolve()),
@@ -217,7 +230,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "n_reused": len(items) - sum(1 for p in to_compute if p not in reasons),
         "n_removed": len(old_paths - set(items["path"])),
         "previous_store": None if previous is None else (
-            "reused" if same_key else "replaced: different model_handle, resize or max_pixels"),
+            "reused" if same_key else "replaced: different model_handle, resize, max_pixels, pooling or focus"),
         "catalog_match": match.summary(),
         "seconds": {
             "model_load": round(loaded - started, 3),
@@ -229,6 +242,12 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "versions": _versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if postprocess == "whiten":  # learned on the finished catalog, saved before the commit
+        raw = np.load(work.folder / store.EMBEDDINGS, mmap_mode="r")
+        if len(raw) >= 2:
+            whitening.learn(raw).save(work.folder / whitening.FILE)
+        else:
+            meta["postprocess"] = "none"
     work.commit(items, skipped_frame, meta)
     return meta
 
@@ -273,14 +292,18 @@ def _versions() -> dict:
 
 
 def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "crop",
-                 batch_size: int = 64, engine: str = "auto", model=None, progress: bool = False) -> np.ndarray:
+                 batch_size: int = 64, engine: str = "auto", model=None, pooling: str = "auto",
+                 focus: str = "none", progress: bool = False) -> np.ndarray:
     """L2-normalised vectors for in-memory pictures (uint8 arrays or PIL images), in order.
 
-    For query photos that are not in the catalog, and for benchmark data sets.
+    For query photos that are not in the catalog, and for benchmark data sets. ``model``:
+    an already loaded model or ``features.Embedder`` (then the options are its own).
     """
     from PIL import Image
 
     model = model or load_model(model_handle, engine)
+    if not isinstance(model, Embedder):
+        model = Embedder(model, pooling, focus)
     pictures = list(pictures) if not hasattr(pictures, "__len__") else pictures
     out = np.empty((len(pictures), model.dim), np.float32)
     bar = _progress(len(pictures), progress)
@@ -291,7 +314,7 @@ def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "cro
                 images.to_rgb(p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))),
                 model.image_size, resize))
             for p in chunk])
-        out[start:start + len(chunk)] = store.l2_normalise(model.embed(batch))
+        out[start:start + len(chunk)] = model(batch)
         bar.update(len(chunk))
     bar.close()
     return out

@@ -34,7 +34,7 @@ SCHEMA = {
 }
 KEYS = {"products": "product_id", "neighbors": "master_pi, rank", "run_meta": "key"}
 # run_meta keys that must agree for a database to take this run's rows
-COMPATIBLE = ("model_handle", "dim", "resize")
+COMPATIBLE = ("model_handle", "dim", "resize", "pooling", "focus", "postprocess")
 
 
 class ExportError(RuntimeError):
@@ -61,6 +61,8 @@ def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict
     neighbors["rank"] = neighbors["rank"].astype(int)
     neighbors["similarity"] = neighbors["similarity"].astype(float)
     run_meta = {"model_handle": meta["model_handle"], "dim": str(meta["dim"]), "resize": meta["resize"],
+                "pooling": meta.get("pooling", "avg"), "focus": meta.get("focus", "none"),
+                "postprocess": meta.get("postprocess", "none"),
                 "run_dir": str(run_dir.resolve()), "products": str(len(products)),
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return products, neighbors, run_meta
@@ -197,7 +199,7 @@ def to_elasticsearch(run_dir: str | Path, index_name: str = "lookalike", folder:
     first_row = items.drop_duplicates("productId").set_index("productId")["row"]
     folder = Path(folder) if folder else run_dir / "elasticsearch"
     folder.mkdir(parents=True, exist_ok=True)
-    store.write_json(folder / "mapping.json", elasticsearch_mapping(int(meta["dim"])))
+    store.write_json(folder / "mapping.json", elasticsearch_mapping(int(embeddings.shape[1])))
     similar = {m: g for m, g in neighbors.groupby("master_pi", sort=False)}
     with store.atomic_path(folder / "products.ndjson") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for product in products.itertuples(index=False):

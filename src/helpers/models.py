@@ -59,11 +59,32 @@ class FeatureExtractor:
     module: object  # the object returned by hub.load
     _fn: Callable
     engine: str = "tf"
+    _map_fn: Callable | None = None
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Feature vectors for a batch of uint8 RGB images of shape (N, size, size, 3)."""
         x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)  # hub modules take [0, 1]
         return np.asarray(self._fn(x), dtype=np.float32)
+
+    @property
+    def has_feature_map(self) -> bool:
+        return hasattr(self.module, "feature_map")
+
+    def feature_map(self, images: np.ndarray) -> np.ndarray:
+        """The last convolutional feature map, (N, h, w, channels), before pooling.
+
+        Only the bundled EfficientNet-Lite models export it (TF Hub feature-vector
+        modules give pooled vectors only). Runs on the same engine as ``embed``.
+        """
+        if not self.has_feature_map:
+            raise ModelUnavailableError(
+                f"{self.handle} gives pooled vectors only; pooling other than 'avg' and "
+                f"focus other than 'none' need a model with a feature map ({', '.join(EFFICIENTNET_LITE)})")
+        if self._map_fn is None:
+            fn = self.module.feature_map
+            self._map_fn = _tflite_function(fn, self.module, self.image_size) if self.engine == "tflite" else fn
+        x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)
+        return np.asarray(self._map_fn(x), dtype=np.float32)
 
 
 def cache_dir() -> Path:
@@ -123,7 +144,7 @@ def _tflite_function(fn, module, size: int) -> Callable:
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-    target = getattr(fn, "__call__", fn)
+    target = fn if hasattr(fn, "get_concrete_function") else getattr(fn, "__call__", fn)
     concrete = target.get_concrete_function(spec) if hasattr(target, "get_concrete_function") else fn.signature
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     with warnings.catch_warnings():

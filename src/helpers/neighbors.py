@@ -128,25 +128,33 @@ def near_duplicates(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> pd.DataFrame:
     """Top-k catalog products for photos that are not in the catalog (paths or arrays).
 
-    The photos are embedded with the run's own model and resize mode, so they are
-    comparable with its store; ``index`` defaults to exact search.
+    The photos are embedded with the run's own model, resize mode, pooling and focus, and
+    whitened with the run's own whitening, so they are comparable with its store;
+    ``index`` defaults to exact search.
     """
     from PIL import Image
 
-    from .embed import embed_pixels
+    from . import images
+    from .features import Embedder
     from .index import ExactIndex
+    from .models import load_model
 
     embeddings, items, meta = store.load_store(run_dir)
-    labels, loaded = [], []
+    model = Embedder(load_model(meta["model_handle"]), meta.get("pooling", "avg"), meta.get("focus", "none"))
+    labels, batch = [], []
     for i, p in enumerate(pictures):
-        if isinstance(p, (str, Path)):
+        if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
             labels.append(str(p))
-            with Image.open(p) as im:
-                loaded.append(im.convert("RGB"))
+            batch.append(images.decode_image(Path(p).read_bytes(), model.image_size, meta["resize"])[0])
         else:
             labels.append(f"query {i}")
-            loaded.append(p)
-    vectors = embed_pixels(loaded, meta["model_handle"], resize=meta["resize"])
+            picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
+            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), model.image_size, meta["resize"])))
+    vectors = model(np.stack(batch))
+    if meta.get("postprocess", "none") == "whiten":
+        from . import whitening
+
+        vectors = whitening.Whitening.load(whitening.path_in(run_dir)).apply(vectors)
     idx, _ = (index or ExactIndex(embeddings)).search(vectors, k)
     rows = []
     for q, (label, found) in enumerate(zip(labels, idx)):
@@ -243,17 +251,31 @@ def changed_masters(before: pd.DataFrame, after: pd.DataFrame) -> int:
     return sum(1 for m in set(a) | set(b) if a.get(m) != b.get(m))
 
 
+def expand(vectors: np.ndarray, gallery: np.ndarray, neighbors: np.ndarray, n: int) -> np.ndarray:
+    """Average query expansion: each vector plus its first ``n`` neighbours in ``gallery``
+    (indices from a search, -1 = none), L2-normalised."""
+    out = np.array(vectors, dtype=np.float32)
+    for j in range(min(n, neighbors.shape[1])):
+        found = neighbors[:, j] >= 0
+        out[found] += gallery[neighbors[found, j]]
+    return store.l2_normalise(out)
+
+
 def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
                     search_k: int | None = None, pca_dims: int | None = None,
                     include_self: bool = False, level: str = "product",
                     min_similarity: float | None = None, duplicate_threshold: float = 0.95,
-                    refresh: bool = True) -> dict:
+                    refresh: bool = True, query_expansion: int = 0) -> dict:
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
 
     backend "auto": 02's recommendation (index_choice.json) if present, else exact search up
     to 10,000 items and Annoy (AUTO_ANNOY) beyond. ``refresh``: when few images changed since the last
     run, update the saved lists instead of searching everything again.
-    Returns neighbors_meta.json's content.
+    ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
+    its n nearest neighbours before the search (average query expansion applied to the
+    whole catalog, so similarities stay symmetric; scores are cosines of those vectors).
+    A refresh is then not possible: every vector may have moved. See docs/benchmarks.md
+    ("Quality") for what it buys. Returns neighbors_meta.json's content.
     """
     import time
 
@@ -270,6 +292,12 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     search_k = search_k or choice.get("search_k", -1)
     pca_dims = pca_dims or choice.get("pca_dims")
     fetch = fetch_size(items, k, level)
+    if query_expansion > 0 and len(items) > 1:
+        first = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k, pca_dims=pca_dims)
+        nearest, _ = first.all_neighbors(query_expansion, include_self=False)
+        embeddings = expand(embeddings, embeddings, nearest, query_expansion)
+        refresh = False
+        (run_dir / CANDIDATES).unlink(missing_ok=True)  # saved lists of expanded vectors cannot be refreshed
     refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if refresh else None
     if refreshed is not None:
         idx, searched = refreshed
@@ -277,7 +305,8 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k, pca_dims=pca_dims)
         idx, _ = index.all_neighbors(fetch, include_self=include_self)
         searched = len(items)
-    save_candidates(run_dir, idx, items)
+    if not query_expansion:
+        save_candidates(run_dir, idx, items)
     table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self)
     before = run_dir / "neighbors.parquet"
     changed = changed_masters(pd.read_parquet(before), table) if before.exists() else None
@@ -289,7 +318,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         "backend": backend, "n_trees": n_trees if backend == "annoy" else None,
         "search_k": search_k if backend == "annoy" else None,
         "pca_dims": pca_dims if backend == "annoy" else None, "k": k, "level": level,
-        "include_self": include_self, "min_similarity": min_similarity,
+        "include_self": include_self, "min_similarity": min_similarity, "query_expansion": query_expansion,
         "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
         "pairs": len(table), "near_duplicate_pairs": len(duplicates),
         "refreshed": refreshed is not None, "items_searched": int(searched),

@@ -166,3 +166,34 @@ def catalog_map(embeddings, thumbnails, canvas_size: int = 2000, thumb_size: int
         canvas.paste(thumb, (int(px), int(canvas_size - thumb_size - py)))
     ImageDraw.Draw(canvas).text((10, 10), "x: first principal component, y: second", fill="black", font=_font(20))
     return canvas
+
+
+def plot_metric_bars(summary, columns, title: str = ""):
+    """Grouped bars of metric columns per row of a benchmark summary (the "all" row last)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(summary) * max(1, len(columns)) ** 0.5), 3.8))
+    width = 0.8 / len(columns)
+    x = np.arange(len(summary))
+    for i, column in enumerate(columns):
+        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, summary[column], width, label=column)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, [str(i) for i in summary.index], rotation=30, ha="right")
+    ax.set_ylim(0, 1.08), ax.set_ylabel("share of queries"), ax.set_title(title), ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(table, title: str = "Which classes the top-k neighbours come from"):
+    """Heatmap of a row-normalised confusion table (query class x neighbour class)."""
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    image = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(table.index)), table.index)
+    for (r, c), value in np.ndenumerate(table.to_numpy()):
+        if value >= 0.01:
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 0.6 else "black")
+    ax.set_xlabel(table.columns.name or "neighbour class"), ax.set_ylabel(table.index.name or "query class")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig

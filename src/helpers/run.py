@@ -26,9 +26,10 @@ import yaml
 from . import report, store
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb"]
+NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb",
+             "05_evaluate.ipynb"]
 EMBED_NOTEBOOK = "01_embed.ipynb"
-PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir", "labels"}
+PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir", "labels", "backgrounds"}
 STORE_FILES = [store.EMBEDDINGS, store.ITEMS, store.SKIPPED, store.META]
 
 

@@ -23,6 +23,7 @@ EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.parquet"
 SKIPPED = "skipped.csv"
 META = "embed_meta.json"
+WHITENING = "whitening.npz"  # 01's postprocess="whiten" (helpers.whitening)
 ITEM_COLUMNS = ["row", "path", "imageName", "productId", "sha256", "width", "height"]
 
 
@@ -136,8 +137,13 @@ def load_meta(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / META).read_text(encoding="utf-8"))
 
 
-def load_store(run_dir: str | Path):
-    """(embeddings, items, meta) of a run, checked to be consistent with each other."""
+def load_store(run_dir: str | Path, postprocessed: bool = True):
+    """(embeddings, items, meta) of a run, checked to be consistent with each other.
+
+    With ``postprocessed`` (the default, what every reader wants) the run's learned
+    post-processing (``whitening.npz``, 01's ``postprocess="whiten"``) is applied; without
+    it the vectors are as the model pooled them (what incremental embedding reuses).
+    """
     run_dir = Path(run_dir)
     missing = [n for n in (EMBEDDINGS, ITEMS, META) if not (run_dir / n).exists()]
     if missing:
@@ -146,6 +152,10 @@ def load_store(run_dir: str | Path):
     if len(embeddings) != len(items):
         raise ValueError(f"{run_dir}: {len(embeddings)} embeddings but {len(items)} items; "
                          "the store is inconsistent, re-run 01_embed")
+    if postprocessed and meta.get("postprocess", "none") == "whiten":
+        from . import whitening
+
+        embeddings = whitening.Whitening.load(whitening.path_in(run_dir)).apply(embeddings)
     return embeddings, items, meta
 
 
@@ -228,7 +238,9 @@ class PartialWork:
             return False
         meta = json.loads(marker.read_text())
         (self.run_dir / META).unlink(missing_ok=True)  # incomplete until all files are in place
-        for name in (EMBEDDINGS, ITEMS, SKIPPED):
+        if meta.get("postprocess", "none") != "whiten":
+            (self.run_dir / WHITENING).unlink(missing_ok=True)
+        for name in (EMBEDDINGS, ITEMS, SKIPPED, WHITENING):
             if (self.folder / name).exists():
                 os.replace(self.folder / name, self.run_dir / name)
         write_json(self.run_dir / META, meta)

@@ -1,0 +1,109 @@
+"""How a picture becomes one vector: the embedding options of 01 (``pooling``, ``focus``).
+
+- ``pooling="avg"``: the model's own pooled vector (global average of the last feature map).
+- ``pooling="gem"``: generalised mean, (mean of x^p)^(1/p) with p = 3, over the same map:
+  between average and max pooling, it lets the strongest (object) activations dominate.
+- ``pooling="auto"`` (default): "gem" when the model exports its feature map (the bundled
+  EfficientNet-Lite models), else "avg" (TF Hub feature-vector modules).
+- ``focus="none"``: the whole (centre-cropped) picture.
+- ``focus="object"``: find the product with the model's own activation map (the channel
+  sum of the last feature map, as in SCDA: cells above the mean, largest connected blob),
+  crop the picture to that box (one cell of margin) and embed the crop.
+- ``focus="multi"``: the normalised sum of the whole-picture and object-crop vectors.
+
+``Embedder(model, pooling, focus)(batch)`` returns L2-normalised float32 vectors; the
+numbers behind the defaults are in docs/benchmarks.md ("Quality").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .store import l2_normalise
+
+POOLINGS = ("auto", "avg", "gem")
+FOCUS = ("none", "object", "multi")
+GEM_P = 3.0
+
+
+def check_options(pooling: str, focus: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}")
+    if focus not in FOCUS:
+        raise ValueError(f"focus={focus!r}; choose one of {FOCUS}")
+
+
+def gem(feature_map: np.ndarray, p: float = GEM_P) -> np.ndarray:
+    """Generalised-mean pooling of (N, h, w, c) non-negative activations -> (N, c)."""
+    x = np.maximum(feature_map, 1e-6, dtype=np.float32)
+    return np.power(np.mean(np.power(x, p), axis=(1, 2)), 1.0 / p)
+
+
+def object_boxes(feature_map: np.ndarray, margin: int = 1) -> np.ndarray:
+    """Per picture, the box (top, left, bottom, right) as fractions of the picture that
+    holds its most activated blob of feature-map cells, grown by ``margin`` cells."""
+    from scipy import ndimage
+
+    n, h, w, _ = feature_map.shape
+    boxes = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (n, 1))
+    for i, saliency in enumerate(feature_map.sum(axis=-1)):
+        blobs, count = ndimage.label(saliency > saliency.mean())
+        if count == 0:
+            continue
+        weight = ndimage.sum(saliency, blobs, index=np.arange(1, count + 1))
+        rows, cols = np.nonzero(blobs == 1 + int(np.argmax(weight)))
+        top, bottom = max(0, rows.min() - margin), min(h, rows.max() + 1 + margin)
+        left, right = max(0, cols.min() - margin), min(w, cols.max() + 1 + margin)
+        boxes[i] = (top / h, left / w, bottom / h, right / w)
+    return boxes
+
+
+def crop_boxes(batch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Crop each (size, size, 3) uint8 picture to its box and resize back to size x size."""
+    from PIL import Image
+
+    size = batch.shape[1]
+    out = np.empty_like(batch)
+    for i, (picture, (top, left, bottom, right)) in enumerate(zip(batch, boxes)):
+        box = (left * size, top * size, right * size, bottom * size)
+        out[i] = np.asarray(Image.fromarray(picture).resize((size, size), Image.BILINEAR, box=box))
+    return out
+
+
+class Embedder:
+    """A loaded model plus the embedding options: ``embedder(uint8 batch) -> unit vectors``."""
+
+    def __init__(self, model, pooling: str = "auto", focus: str = "none"):
+        check_options(pooling, focus)
+        if pooling == "auto":
+            pooling = "gem" if model.has_feature_map else "avg"
+        self.model, self.pooling, self.focus = model, pooling, focus
+        if (pooling, focus) != ("avg", "none") and not model.has_feature_map:
+            model.feature_map(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))  # raises why
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def engine(self) -> str:
+        return self.model.engine
+
+    def _pool(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.pooling == "avg" and self.focus == "none":
+            return self.model.embed(batch), None
+        fmap = self.model.feature_map(batch)
+        vectors = gem(fmap) if self.pooling == "gem" else fmap.mean(axis=(1, 2))
+        return vectors, fmap
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        whole, fmap = self._pool(batch)
+        whole = l2_normalise(np.asarray(whole, dtype=np.float32))
+        if self.focus == "none":
+            return whole
+        crops = crop_boxes(batch, object_boxes(fmap))
+        obj = l2_normalise(np.asarray(self._pool(crops)[0], dtype=np.float32))
+        return obj if self.focus == "object" else l2_normalise(whole + obj)

@@ -1,0 +1,76 @@
+"""helpers.features: GeM pooling and object focus on the real model and real photos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import photo
+from helpers import features, models
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.load_model("efficientnet-lite0")
+
+
+def test_gem_between_average_and_max():
+    rng = np.random.default_rng(0)
+    fmap = rng.random((3, 7, 7, 16)).astype(np.float32)
+    pooled = features.gem(fmap)
+    assert np.all(pooled >= fmap.mean(axis=(1, 2)) - 1e-6) and np.all(pooled <= fmap.max(axis=(1, 2)) + 1e-6)
+    np.testing.assert_allclose(features.gem(np.full((1, 7, 7, 4), 2.0, np.float32)), 2.0, rtol=1e-5)
+    np.testing.assert_allclose(features.gem(fmap, p=1.0), fmap.mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_object_box_follows_the_activation_blob():
+    fmap = np.zeros((1, 7, 7, 4), np.float32)
+    fmap[0, 1:3, 4:6] = 5.0  # a blob in the top right
+    fmap[0, 6, 0] = 1.0      # a weaker speck elsewhere
+    top, left, bottom, right = features.object_boxes(fmap, margin=0)[0]
+    assert (top, left, bottom, right) == pytest.approx((1 / 7, 4 / 7, 3 / 7, 6 / 7))
+
+
+def test_object_focus_finds_a_small_product(model):
+    """A cat photo in the top-left quarter of a white canvas: the box is around it."""
+    canvas = Image.new("RGB", (448, 448), "white")
+    canvas.paste(photo("chelsea").resize((200, 200)), (10, 10))
+    batch = np.asarray(canvas.resize((224, 224)))[None]
+    top, left, bottom, right = features.object_boxes(model.feature_map(batch))[0]
+    assert bottom <= 0.72 and right <= 0.72 and top < 0.2 and left < 0.2
+    embedder = features.Embedder(model, pooling="avg", focus="object")
+    crop = np.asarray(photo("chelsea").resize((224, 224)))[None]
+    vector = embedder(batch)
+    plain = features.Embedder(model)(batch)
+    target = features.Embedder(model)(crop)
+    # the object crop looks more like the cat alone than the whole canvas does
+    assert float(vector[0] @ target[0]) > float(plain[0] @ target[0])
+
+
+def test_options_give_unit_vectors_of_the_model_dim(model):
+    batch = np.stack([np.asarray(photo(n).resize((224, 224))) for n in ("coffee", "rocket")])
+    for pooling in features.POOLINGS:
+        for focus in features.FOCUS:
+            out = features.Embedder(model, pooling, focus)(batch)
+            assert out.shape == (2, model.dim) and out.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    avg = features.Embedder(model)(batch)
+    np.testing.assert_allclose(avg, features.Embedder(models.load_model("efficientnet-lite0", engine="tf"),
+                                                     "avg", "none")(batch), atol=1e-4)
+    with pytest.raises(ValueError, match="pooling"):
+        features.Embedder(model, pooling="max")
+
+
+def test_pooled_only_hub_module_says_what_is_missing(tmp_path):
+    import tensorflow as tf
+
+    class Pooled(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def __call__(self, images):
+            return tf.reduce_mean(images, axis=[1, 2])
+
+    tf.saved_model.save(Pooled(), str(tmp_path / "pooled"))
+    module = models.load_model(str(tmp_path / "pooled"))
+    assert features.Embedder(module)(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 3)
+    with pytest.raises(models.ModelUnavailableError, match="feature map"):
+        features.Embedder(module, pooling="gem")
