@@ -126,7 +126,8 @@ def tiny_run(tiny_catalog, tmp_path_factory):
     config = tmp / "config.yaml"
     config.write_text(f"run_dir: {tmp / 'run'}\nimage_dir: {tiny_catalog}\n"
                       f"catalog: {tiny_catalog / 'image_data.json'}\nk: 5\n"
-                      "n_trees_grid: [1, 2]\nsearch_k_grid: [-1]\nn_queries: 4\nqueries: 2\n")
+                      "n_trees_grid: [1, 2]\nsearch_k_grid: [-1]\nn_queries: 4\nqueries: 2\n"
+                      "benchmark: [near-duplicates, fashion-mnist]\nn_gallery: 300\nvariants_per_source: 7\n")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert run.main(["-f", str(config), "-p", "k", "3", "-p", "level", "image"]) == 0

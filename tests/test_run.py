@@ -29,6 +29,24 @@ def test_cli_config_overrides_and_outputs(tiny_run):
     assert "images embedded" in page and "01_embed.html" in page and "04_visual_grids.html" in page
 
 
+def test_evaluation_notebook_measures_both_benchmarks(tiny_run):
+    """05 ran through papermill: the near-duplicate benchmark of the tiny catalog and a
+    Fashion-MNIST subset, every figure in metrics.json and on the report's front page."""
+    run_dir, _ = tiny_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = pd.read_csv(run_dir / "benchmark_near_duplicates" / "labels.csv")
+    # the 8 images are 4 photos and their copies: only 4 are sources, each with all 7 edits
+    assert (labels["transform"] == "source").sum() == 4
+    assert metrics["near-duplicates: queries"] == 4 * 7
+    assert metrics["near-duplicates: recall@1"] >= 0.85  # real photos, real model: edits are found
+    assert metrics["near-duplicates: recall@3"] == 1.0  # k=3 (the -p override)
+    assert metrics["fashion-mnist: queries"] == 4
+    assert 0.0 <= metrics["fashion-mnist: precision@3"] <= 1.0
+    assert "pooling=gem" in metrics["near-duplicates: evaluated with"]  # what "auto" means for Lite0
+    page = (run_dir / "report.html").read_text()
+    assert "near-duplicates: recall@1 (background)" in page and "fashion-mnist: precision@3" in page
+
+
 def test_unknown_parameter_is_refused_before_anything_runs(tiny_catalog, tmp_path):
     with pytest.raises(SystemExit):
         run.main(["-p", "run_dir", str(tmp_path / "run"), "-p", "n_treez", "5"])

@@ -120,7 +120,7 @@ def label_metrics(query_labels: np.ndarray, gallery_labels: np.ndarray, neighbor
         f"precision@{k}": precision_at_k(rel, k),
         f"mAP@{k}": average_precision_at_k(rel, k, n_relevant),
         "recall@1": recall_at_1(rel),
-        "recall@5": hit_rate_at_k(rel, min(5, k)),
+        **({"recall@5": hit_rate_at_k(rel, 5)} if k > 5 else {}),
         f"recall@{k}": hit_rate_at_k(rel, k),
     })
 
@@ -436,7 +436,7 @@ def near_duplicate_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels
         "path": joined["path"].to_numpy()[rows],
         "transform": joined["transform"].to_numpy()[rows],
         "recall@1": recall_at_1(rel),
-        "recall@5": hit_rate_at_k(rel, min(5, k)),
+        **({"recall@5": hit_rate_at_k(rel, 5)} if k > 5 else {}),
         f"recall@{k}": hit_rate_at_k(rel, k),
         "top1_path": np.where(valid[:, 0], joined["path"].to_numpy()[neighbors[:, 0]], None),
         "top1_similarity": similarity[:, 0],
@@ -498,6 +498,9 @@ def embedding_options(run_dir: str | Path, **overrides) -> dict:
                 "focus": "none", "postprocess": "none"}
     options = {name: meta.get(name, defaults[name]) for name in OPTION_NAMES}
     options.update({name: value for name, value in overrides.items() if value is not None})
+    from .features import resolve_pooling
+
+    options["pooling"] = resolve_pooling(options["pooling"], options["model_handle"])
     return options
 
 
@@ -616,8 +619,9 @@ def headline(name: str, result: dict, k: int) -> dict:
     figures = {f"{name}: evaluated with": ", ".join(f"{n}={options[n]}" for n in OPTION_NAMES if n in options),
                f"{name}: queries": int(overall["queries"])}
     if name == "near-duplicates":
-        for column in ("recall@1", "recall@5", f"recall@{k}"):
-            figures[f"{name}: {column}"] = float(overall[column])
+        for column in dict.fromkeys(("recall@1", "recall@5", f"recall@{k}")):
+            if column in overall:
+                figures[f"{name}: {column}"] = float(overall[column])
         for transform, row in summary.drop(index="all").iterrows():
             figures[f"{name}: recall@1 ({transform})"] = float(row["recall@1"])
     else:

@@ -32,6 +32,15 @@ def check_options(pooling: str, focus: str) -> None:
         raise ValueError(f"focus={focus!r}; choose one of {FOCUS}")
 
 
+def resolve_pooling(pooling: str, model_handle: str) -> str:
+    """What "auto" means for a model handle, without loading it (bundled models: gem)."""
+    from .models import EFFICIENTNET_LITE
+
+    if pooling != "auto":
+        return pooling
+    return "gem" if model_handle in EFFICIENTNET_LITE else "auto"
+
+
 def gem(feature_map: np.ndarray, p: float = GEM_P) -> np.ndarray:
     """Generalised-mean pooling of (N, h, w, c) non-negative activations -> (N, c)."""
     x = np.maximum(feature_map, 1e-6, dtype=np.float32)
