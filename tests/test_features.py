@@ -41,8 +41,8 @@ def test_object_focus_finds_a_small_product(model):
     embedder = features.Embedder(model, pooling="avg", focus="object")
     crop = np.asarray(photo("chelsea").resize((224, 224)))[None]
     vector = embedder(batch)
-    plain = features.Embedder(model)(batch)
-    target = features.Embedder(model)(crop)
+    plain = features.Embedder(model, "avg")(batch)
+    target = features.Embedder(model, "avg")(crop)
     # the object crop looks more like the cat alone than the whole canvas does
     assert float(vector[0] @ target[0]) > float(plain[0] @ target[0])
 
@@ -54,9 +54,12 @@ def test_options_give_unit_vectors_of_the_model_dim(model):
             out = features.Embedder(model, pooling, focus)(batch)
             assert out.shape == (2, model.dim) and out.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
-    avg = features.Embedder(model)(batch)
-    np.testing.assert_allclose(avg, features.Embedder(models.load_model("efficientnet-lite0", engine="tf"),
-                                                     "avg", "none")(batch), atol=1e-4)
+    # "auto" is gem for a model with a feature map; TFLite and TF give the same vectors
+    tf_model = models.load_model("efficientnet-lite0", engine="tf")
+    for pooling in ("avg", "gem"):
+        np.testing.assert_allclose(features.Embedder(model, pooling)(batch),
+                                   features.Embedder(tf_model, pooling)(batch), atol=1e-4)
+    np.testing.assert_array_equal(features.Embedder(model)(batch), features.Embedder(model, "gem")(batch))
     with pytest.raises(ValueError, match="pooling"):
         features.Embedder(model, pooling="max")
 
@@ -74,3 +77,15 @@ def test_pooled_only_hub_module_says_what_is_missing(tmp_path):
     assert features.Embedder(module)(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 3)
     with pytest.raises(models.ModelUnavailableError, match="feature map"):
         features.Embedder(module, pooling="gem")
+
+
+def test_center_focus_weighs_the_middle():
+    weights = features.center_weights(7, 7)
+    assert weights[3, 3] == weights.max() and weights[0, 0] < 0.01 * weights[3, 3]
+    fmap = np.zeros((1, 7, 7, 2), np.float32)
+    fmap[0, 3, 3, 0] = 1.0  # something in the middle
+    fmap[0, 0, :, 1] = 1.0  # something along the top edge
+    pooled = features.gem(fmap, weights=weights)[0]
+    assert pooled[0] > 3 * pooled[1]
+    plain = features.gem(fmap)[0]
+    assert plain[1] > plain[0]  # unweighted, the edge dominates

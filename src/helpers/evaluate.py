@@ -243,8 +243,8 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     crop (70-90% of the area), flip, downscale (to 25-50%) + JPEG, color (jitter),
     jpeg (quality 25-40), rotate (3-15 degrees), background (the object composited on a
     new background: the source's alpha where it has one, else a mask of the pixels that
-    differ from the colour along its border). Backgrounds are drawn from the image files
-    in ``backgrounds`` when given, else generated (gradients, stripes, noise textures).
+    differ from the colour along its border). Backgrounds are zoomed-in regions of the image
+    files in ``backgrounds`` when given, else generated (gradients, stripes, textures, clutter).
     ``distractors`` (paths under ``image_dir``) are copied as unrelated images (transform
     "distractor"): they make the gallery bigger and are never right.
 
@@ -371,7 +371,10 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
     if photo_backgrounds:
         path = photo_backgrounds[int(rng.integers(len(photo_backgrounds)))]
         with Image.open(Path(backgrounds) / path) as bg:
-            canvas = images.fit_square(images.to_rgb(bg), max(w, h), "crop").resize((w, h))
+            bg = images.to_rgb(bg)
+            side = min(bg.size) * math.sqrt(rng.uniform(0.25, 0.6))  # a zoomed-in region of the photo
+            left, top = rng.uniform(0, bg.width - side), rng.uniform(0, bg.height - side)
+            canvas = bg.resize((w, h), Image.BICUBIC, box=(left, top, left + side, top + side))
     else:
         canvas = synthetic_background(w, h, rng)
     scale = rng.uniform(0.6, 1.0)

@@ -10,6 +10,9 @@
   sum of the last feature map, as in SCDA: cells above the mean, largest connected blob),
   crop the picture to that box (one cell of margin) and embed the crop.
 - ``focus="multi"``: the normalised sum of the whole-picture and object-crop vectors.
+- ``focus="center"``: pool the feature map with a Gaussian centre weight (sigma = 1/7 of
+  the picture, one cell of the 7x7 map): catalog photos centre the product, so what
+  surrounds it (a new background, a scene with other things) counts less. One model pass.
 
 ``Embedder(model, pooling, focus)(batch)`` returns L2-normalised float32 vectors; the
 numbers behind the defaults are in docs/benchmarks.md ("Quality").
@@ -21,8 +24,9 @@ import numpy as np
 from .store import l2_normalise
 
 POOLINGS = ("auto", "avg", "gem")
-FOCUS = ("none", "object", "multi")
+FOCUS = ("none", "object", "multi", "center")
 GEM_P = 3.0
+CENTER_SIGMA = 1 / 7  # of the picture side
 
 
 def check_options(pooling: str, focus: str) -> None:
@@ -41,10 +45,24 @@ def resolve_pooling(pooling: str, model_handle: str) -> str:
     return "gem" if model_handle in EFFICIENTNET_LITE else "auto"
 
 
-def gem(feature_map: np.ndarray, p: float = GEM_P) -> np.ndarray:
-    """Generalised-mean pooling of (N, h, w, c) non-negative activations -> (N, c)."""
-    x = np.maximum(feature_map, 1e-6, dtype=np.float32)
-    return np.power(np.mean(np.power(x, p), axis=(1, 2)), 1.0 / p)
+def gem(feature_map: np.ndarray, p: float = GEM_P, weights: np.ndarray | None = None) -> np.ndarray:
+    """Generalised-mean pooling of (N, h, w, c) non-negative activations -> (N, c),
+    optionally a weighted mean over the (h, w) cells."""
+    x = np.power(np.maximum(feature_map, 1e-6, dtype=np.float32), p)
+    return np.power(_mean(x, weights), 1.0 / p)
+
+
+def _mean(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    if weights is None:
+        return x.mean(axis=(1, 2))
+    return np.einsum("nhwc,hw->nc", x, weights / weights.sum(), dtype=np.float32)
+
+
+def center_weights(h: int, w: int, sigma: float = CENTER_SIGMA) -> np.ndarray:
+    """(h, w) Gaussian weights around the picture centre; sigma as a share of the side."""
+    yy = (np.arange(h) + 0.5) / h - 0.5
+    xx = (np.arange(w) + 0.5) / w - 0.5
+    return np.exp(-(yy[:, None] ** 2 + xx[None, :] ** 2) / (2 * sigma ** 2)).astype(np.float32)
 
 
 def object_boxes(feature_map: np.ndarray, margin: int = 1) -> np.ndarray:
@@ -105,13 +123,14 @@ class Embedder:
         if self.pooling == "avg" and self.focus == "none":
             return self.model.embed(batch), None
         fmap = self.model.feature_map(batch)
-        vectors = gem(fmap) if self.pooling == "gem" else fmap.mean(axis=(1, 2))
+        weights = center_weights(*fmap.shape[1:3]) if self.focus == "center" else None
+        vectors = gem(fmap, weights=weights) if self.pooling == "gem" else _mean(fmap, weights)
         return vectors, fmap
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         whole, fmap = self._pool(batch)
         whole = l2_normalise(np.asarray(whole, dtype=np.float32))
-        if self.focus == "none":
+        if self.focus in ("none", "center"):
             return whole
         crops = crop_boxes(batch, object_boxes(fmap))
         obj = l2_normalise(np.asarray(self._pool(crops)[0], dtype=np.float32))
