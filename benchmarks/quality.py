@@ -57,7 +57,6 @@ FM_OPTIONS = [
     ("gem, crop + query expansion 1", dict(pooling="gem", resize="crop"), 1),
     ("gem, squash + query expansion 1", dict(pooling="gem", resize="squash"), 1),
     ("efficientnet-lite2, gem, crop", dict(model_handle="efficientnet-lite2", pooling="gem", resize="crop"), 0),
-    ("efficientnet-lite2, gem, squash", dict(model_handle="efficientnet-lite2", pooling="gem", resize="squash"), 0),
 ]
 
 

@@ -161,3 +161,28 @@ def test_fashion_mnist_benchmark_on_pixels():
     assert confusion.loc["Trouser", "Trouser"] > confusion.loc["Shirt", "Shirt"]
     grids = evaluate.worst_query_grids(result, n=2, k=4, thumb_size=40)
     assert len(grids) == 2 and grids[0].width > 4 * 40
+
+
+def test_labels_benchmark_on_a_real_run(tiny_run, tmp_path):
+    """A user's CSV: every photo and its cropped copy share a label; an unlabelled image
+    stays in as a distractor, a label missing from the run is ignored."""
+    run_dir, _ = tiny_run
+    rows = ["imageName,label"] + [f"{n}{s},{n}" for n in ("chelsea", "coffee", "astronaut") for s in
+                                  (".jpg", "_copy.png")] + ["not_in_run.jpg,ghost"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = evaluate.run_labels(run_dir, tmp_path / "labels.csv", k=3, n_queries=100)
+    per_query = result["per_query"]
+    assert len(per_query) == 6  # labelled images of the run; rocket is unlabelled
+    np.testing.assert_allclose(per_query["recall@1"], 1.0)  # each finds its copy first
+    np.testing.assert_allclose(per_query["mAP@3"], 1.0)     # one right answer, found at rank 1
+    np.testing.assert_allclose(per_query["precision@3"], 1 / 3)
+    (tmp_path / "bad.csv").write_text("file,class\na,b\n")
+    with pytest.raises(ValueError, match="label"):
+        evaluate.run_labels(run_dir, tmp_path / "bad.csv")
+
+
+def test_check_benchmarks():
+    assert evaluate.check_benchmarks("fashion-mnist") == ["fashion-mnist"]
+    assert evaluate.check_benchmarks(["near-duplicates", "labels"]) == ["near-duplicates", "labels"]
+    with pytest.raises(ValueError, match="choose from"):
+        evaluate.check_benchmarks(["near-duplicate"])

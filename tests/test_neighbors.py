@@ -102,3 +102,37 @@ def test_search_by_image_finds_the_catalog_product(hostile_run_dir):
     table = search_by_image(hostile_run_dir, [query], k=3)
     assert table["similar_path"].iloc[0] in {"coffee.PNG", "café ☕.jpg", "coffee_palette.gif"}
     assert table["rank"].tolist() == [1, 2, 3] and table["similarity"].is_monotonic_decreasing
+
+
+def test_expand_averages_with_the_first_neighbours():
+    from helpers.neighbors import expand
+
+    gallery = np.eye(4, dtype=np.float32)
+    out = expand(gallery[:2], gallery, np.array([[2, 3], [-1, 3]]), n=1)
+    np.testing.assert_allclose(out[0], np.array([1, 0, 1, 0]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0, 1, 0, 0])  # no neighbour found: unchanged
+
+
+def test_query_expansion_in_write_neighbors(tiny_catalog, tmp_path):
+    """Expanded vectors: symmetric scores, recorded in the meta, and no refresh afterwards."""
+    from helpers import embed
+    from helpers.neighbors import CANDIDATES, write_neighbors
+
+    run_dir = tmp_path / "run"
+    embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json", progress=False)
+    plain = write_neighbors(run_dir, k=3, level="image")
+    assert (run_dir / CANDIDATES).exists()
+    before = pd.read_parquet(run_dir / "neighbors.parquet")
+    meta = write_neighbors(run_dir, k=3, level="image", query_expansion=1)
+    after = pd.read_parquet(run_dir / "neighbors.parquet")
+    assert meta["query_expansion"] == 1 and not meta["refreshed"] and plain["query_expansion"] == 0
+    assert not (run_dir / CANDIDATES).exists()  # lists of expanded vectors are never refreshed
+    # a photo and its copy stay each other's best match, now even closer
+    top = after[after["rank"] == 1].set_index("master_path")["similar_path"]
+    assert top["coffee.jpg"] == "coffee_copy.png" and top["coffee_copy.png"] == "coffee.jpg"
+    pair = lambda t: t[(t["master_path"] == "coffee.jpg") & (t["similar_path"] == "coffee_copy.png")]["similarity"]
+    assert float(pair(after).iloc[0]) >= float(pair(before).iloc[0])
+    scores = after.set_index(["master_path", "similar_path"])["similarity"]
+    for (a, b), s in scores.items():  # symmetric: the same score both ways
+        if (b, a) in scores.index:
+            assert scores[(b, a)] == s
