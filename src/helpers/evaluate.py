@@ -583,10 +583,11 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
                       **options) -> dict:
     """The Fashion-MNIST protocol with the run's embedding options (vectors cached per option
     set under the model cache, so repeated runs do not embed again)."""
-    from .models import cache_dir
+    from .models import CONVERSION_VERSION, cache_dir
 
     options = embedding_options(run_dir, **options)
     key = "-".join(str(options[n]) for n in ("model_handle", "resize", "pooling", "focus"))
+    key += f"-v{CONVERSION_VERSION}"  # a rebuilt model must not reuse old vectors
     key = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     if data_dir is not None:  # another copy of the data set gets its own cache
         import hashlib
