@@ -112,6 +112,9 @@ def test_near_duplicate_generator_labels(sources, tmp_path):
     source = np.asarray(Image.open(tmp_path / labels[(labels["group"] == row["group"])
                                                       & (labels["transform"] == "source")]["path"].iloc[0]))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / row["path"])), source[:, ::-1])
+    # made again with fewer sources: no image of the first benchmark is left behind
+    again = evaluate.make_near_duplicates(sources, paths[:1], tmp_path, variants_per_source=1)
+    assert sorted(images.list_images(tmp_path)) == sorted(again["path"])
 
 
 def test_background_swap_keeps_the_object_and_replaces_the_background(sources, tmp_path):

@@ -248,14 +248,17 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     ``distractors`` (paths under ``image_dir``) are copied as unrelated images (transform
     "distractor"): they make the gallery bigger and are never right.
 
-    Writes the images, ``labels.csv`` (path, group, transform, source, productId) and
+    Writes the images (replacing any earlier ones in ``out_dir/images``), ``labels.csv`` (path, group, transform, source, productId) and
     ``image_data.json`` (JSON lines: every image its own productId), and returns labels.
     """
     for t in transforms:
         if t not in TRANSFORMS:
             raise ValueError(f"unknown transform {t!r}; choose from {TRANSFORMS}")
+    import shutil
+
     image_dir, out = Path(image_dir), Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "images", ignore_errors=True)  # images of an earlier, different benchmark
+    (out / "images").mkdir(parents=True)
     rng = np.random.default_rng(seed)
     photo_backgrounds = images.list_images(backgrounds) if backgrounds else []
     rows, turn = [], 0
