@@ -52,6 +52,9 @@ def test_run_whitening_is_applied_identically_to_new_queries(tiny_catalog, tmp_p
                                postprocess="whiten", progress=False)
     assert again["n_embedded_now"] == 0
     np.testing.assert_allclose(store.load_store(run_dir)[0], vectors, atol=1e-6)
+    # neighbour lists are searched again, never refreshed: a changed catalog moves every vector
+    assert not neighbors.write_neighbors(run_dir, k=2)["refreshed"]
+    assert not neighbors.write_neighbors(run_dir, k=2)["refreshed"]
     # switching it off removes it: readers get the model's vectors again
     embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json", progress=False)
     assert not (run_dir / whitening.FILE).exists()

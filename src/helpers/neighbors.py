@@ -270,7 +270,8 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
 
     backend "auto": 02's recommendation (index_choice.json) if present, else exact search up
     to 10,000 items and Annoy (AUTO_ANNOY) beyond. ``refresh``: when few images changed since the last
-    run, update the saved lists instead of searching everything again.
+    run, update the saved lists instead of searching everything again (not for a whitened
+    run: its whitening is learned again on the changed catalog, so every vector moves).
     ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
     its n nearest neighbours before the search (average query expansion applied to the
     whole catalog, so similarities stay symmetric; scores are cosines of those vectors).
@@ -281,7 +282,9 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
 
     run_dir = Path(run_dir)
     start = time.perf_counter()
-    embeddings, items, _ = store.load_store(run_dir)
+    embeddings, items, embed_meta = store.load_store(run_dir)
+    if embed_meta.get("postprocess", "none") == "whiten":
+        refresh = False  # whitening is learned again on every catalog change: every vector moves
     choice_path = run_dir / "index_choice.json"
     choice = json.loads(choice_path.read_text()) if choice_path.exists() else {}
     if backend == "auto":
