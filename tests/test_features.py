@@ -89,3 +89,10 @@ def test_center_focus_weighs_the_middle():
     assert pooled[0] > 3 * pooled[1]
     plain = features.gem(fmap)[0]
     assert plain[1] > plain[0]  # unweighted, the edge dominates
+
+
+def test_gem_converts_only_the_feature_map():
+    """TFLite conversion happens on first use: a gem-only process converts one function."""
+    fresh = models.load_model("efficientnet-lite0")
+    features.Embedder(fresh, "gem")(np.zeros((1, 224, 224, 3), np.uint8))
+    assert fresh.engine == "tflite" and list(fresh._converted) == ["feature_map"]

@@ -104,8 +104,8 @@ class Embedder:
         if pooling == "auto":
             pooling = "gem" if model.has_feature_map else "avg"
         self.model, self.pooling, self.focus = model, pooling, focus
-        if (pooling, focus) != ("avg", "none") and not model.has_feature_map:
-            model.feature_map(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))  # raises why
+        if (pooling, focus) != ("avg", "none"):
+            model.require_feature_map()
 
     @property
     def image_size(self) -> int:

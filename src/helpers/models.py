@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -51,24 +51,48 @@ class ModelUnavailableError(RuntimeError):
 
 @dataclass
 class FeatureExtractor:
-    """A loaded backbone: ``embed(uint8 batch) -> float32 (N, dim)`` plus what it expects."""
+    """A loaded backbone: ``embed(uint8 batch) -> float32 (N, dim)`` plus what it expects.
+
+    With engine "tflite" each function is converted on its first use, so a process that
+    only needs the feature map (pooling "gem") never converts the pooled function.
+    "auto" falls back to TensorFlow when a conversion fails (some hub modules use ops
+    TFLite lacks); ``engine`` then says "tf".
+    """
 
     handle: str
     image_size: int
     dim: int
     module: object  # the object returned by hub.load
-    _fn: Callable
+    _fn: Callable   # the TensorFlow pooled function, replaced by its TFLite version on first use
     engine: str = "tf"
-    _map_fn: Callable | None = None
+    fallback: bool = False  # engine was "auto": fall back to TF if a conversion fails
+    _converted: dict = field(default_factory=dict)
+
+    def _run(self, name: str, fn: Callable, images: np.ndarray) -> np.ndarray:
+        if self.engine == "tflite" and name not in self._converted:
+            try:
+                self._converted[name] = _tflite_function(fn, self.module, self.image_size)
+            except Exception as exc:
+                if not self.fallback:
+                    raise ModelUnavailableError(f"{self.handle}: TFLite conversion failed ({exc}); "
+                                                "use engine='tf'") from exc
+                self.engine = "tf"
+        x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)  # hub modules take [0, 1]
+        return np.asarray(self._converted.get(name, fn)(x), dtype=np.float32)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Feature vectors for a batch of uint8 RGB images of shape (N, size, size, 3)."""
-        x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)  # hub modules take [0, 1]
-        return np.asarray(self._fn(x), dtype=np.float32)
+        return self._run("pooled", self._fn, images)
 
     @property
     def has_feature_map(self) -> bool:
         return hasattr(self.module, "feature_map")
+
+    def require_feature_map(self) -> None:
+        if not self.has_feature_map:
+            raise ModelUnavailableError(
+                f"{self.handle} gives pooled vectors only; pooling other than 'avg' and "
+                f"focus other than 'none' need a model with a feature map ({', '.join(EFFICIENTNET_LITE)})")
 
     def feature_map(self, images: np.ndarray) -> np.ndarray:
         """The last convolutional feature map, (N, h, w, channels), before pooling.
@@ -76,15 +100,8 @@ class FeatureExtractor:
         Only the bundled EfficientNet-Lite models export it (TF Hub feature-vector
         modules give pooled vectors only). Runs on the same engine as ``embed``.
         """
-        if not self.has_feature_map:
-            raise ModelUnavailableError(
-                f"{self.handle} gives pooled vectors only; pooling other than 'avg' and "
-                f"focus other than 'none' need a model with a feature map ({', '.join(EFFICIENTNET_LITE)})")
-        if self._map_fn is None:
-            fn = self.module.feature_map
-            self._map_fn = _tflite_function(fn, self.module, self.image_size) if self.engine == "tflite" else fn
-        x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)
-        return np.asarray(self._map_fn(x), dtype=np.float32)
+        self.require_feature_map()
+        return self._run("feature_map", self.module.feature_map, images)
 
 
 def cache_dir() -> Path:
@@ -97,7 +114,8 @@ def load_model(model_handle: str = DEFAULT_MODEL, engine: str = "auto") -> Featu
 
     ``engine``: "tf" runs the SavedModel in TensorFlow; "tflite" converts the same loaded
     function to TensorFlow Lite and runs it with XNNPACK (same vectors within 1e-4, about
-    1.3x faster here, see docs/benchmarks.md); "auto" is tflite when the module converts, else tf.
+    1.3x faster here, see docs/benchmarks.md), each function on its first use; "auto" is tflite
+    when the module converts, else tf.
     """
     import tensorflow_hub as hub
 
@@ -126,15 +144,8 @@ def load_model(model_handle: str = DEFAULT_MODEL, engine: str = "auto") -> Featu
     fn = _callable(module, model_handle)
     size = _input_size(fn, model_handle)
     dim = int(fn(np.zeros((1, size, size, 3), np.float32)).shape[-1])
-    if engine in ("auto", "tflite"):
-        try:
-            fn, engine = _tflite_function(fn, module, size), "tflite"
-        except Exception as exc:  # some hub modules use ops TFLite lacks
-            if engine == "tflite":
-                raise ModelUnavailableError(f"{model_handle}: TFLite conversion failed ({exc}); "
-                                            "use engine='tf'") from exc
-            engine = "tf"
-    return FeatureExtractor(model_handle, size, dim, module, fn, engine)
+    return FeatureExtractor(model_handle, size, dim, module, fn, "tf" if engine == "tf" else "tflite",
+                            fallback=engine == "auto")
 
 
 def _tflite_function(fn, module, size: int) -> Callable:
