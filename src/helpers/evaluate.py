@@ -271,7 +271,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
         except Exception:  # an unreadable source is left out, the benchmark goes on
             continue
         name = f"{group}_source.png"
-        _flatten(source).save(out / "images" / name)
+        images.to_rgb(source).save(out / "images" / name)
         rows.append((f"images/{name}", group, "source", rel))
         for _ in range(variants_per_source):
             transform = transforms[turn % len(transforms)]
@@ -288,7 +288,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
         try:
             with Image.open(image_dir / rel) as im:
                 im.load()
-                picture = _flatten(_rgba(im))
+                picture = images.to_rgb(im).copy()
         except Exception:
             continue
         name = f"D{d:05d}_distractor.png"
@@ -314,11 +314,6 @@ def _has_alpha(im: Image.Image) -> bool:
     return "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 250
 
 
-def _flatten(im: Image.Image, color=(255, 255, 255)) -> Image.Image:
-    canvas = Image.new("RGBA", im.size, color + (255,))
-    return Image.alpha_composite(canvas, im).convert("RGB")
-
-
 def _border_color(rgb: np.ndarray) -> np.ndarray:
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float64)
     return np.median(border, axis=0)
@@ -341,7 +336,7 @@ def foreground_mask(im: Image.Image, tolerance: float = 30.0) -> np.ndarray:
 
 def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgrounds):
     w, h = source.size
-    flat = _flatten(source)
+    flat = images.to_rgb(source)
     if transform == "crop":
         area = rng.uniform(0.70, 0.90)
         aspect = rng.uniform(0.85, 1.15)
@@ -366,7 +361,7 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
     if transform == "rotate":
         angle = float(rng.uniform(3, 15) * rng.choice([-1, 1]))
         if _has_alpha(source):
-            return _flatten(source.rotate(angle, Image.BICUBIC)), "png"
+            return images.to_rgb(source.rotate(angle, Image.BICUBIC)), "png"
         fill = tuple(int(c) for c in _border_color(np.asarray(flat)))
         return flat.rotate(angle, Image.BICUBIC, fillcolor=fill), "png"
     # background: the object, re-framed (60-100% size, anywhere), on a new background
