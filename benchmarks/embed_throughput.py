@@ -6,8 +6,8 @@ All in one process, on the same images and the same model, so the ratios hold on
 shared machine:
   (a) the reference: one image per forward pass (tf.io decode_jpeg + resize_with_pad),
       one text file per vector (np.savetxt);
-  (b) our pipeline: helpers.embed.embed_folder, for each engine;
-  (c) the model alone on pre-decoded uint8 tensors, for each engine and a few batch sizes.
+  (b) our pipeline: helpers.embed.embed_folder, for each model runtime;
+  (c) the model alone on pre-decoded uint8 tensors, for each runtime and a few batch sizes.
 Also the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh process.
 Images: photos from scikit-image re-framed and re-sized to typical product-photo sizes
 (600-1600 px), saved as JPEG q85 under benchmarks/cache/ (made once).
@@ -122,11 +122,11 @@ def throughput(n_images: int, model_handle: str) -> dict:
         (Path(tmp) / "txt").mkdir()
         results["a_reference_loop"] = reference_loop(tf_model._fn, files, Path(tmp) / "txt")
 
-        for engine in ("tf", "tflite"):
+        for runtime in ("tf", "tflite"):
             for batch in (32,):
-                meta = embed_folder(sub, Path(tmp) / f"run_{engine}", model_handle=model_handle,
-                                    engine=engine, batch_size=batch, progress=False)
-                results[f"b_pipeline_{engine}_batch{batch}"] = meta["images_per_second"]
+                meta = embed_folder(sub, Path(tmp) / f"run_{runtime}", model_handle=model_handle,
+                                    runtime=runtime, batch_size=batch, progress=False)
+                results[f"b_pipeline_{runtime}_batch{batch}"] = meta["images_per_second"]
 
         pixels = np.stack([images.decode_image(f.read_bytes(), size)[0] for f in files[:256]])
         start = time.perf_counter()
@@ -156,7 +156,7 @@ with tempfile.TemporaryDirectory() as tmp:
     sub = Path(tmp) / "images"; sub.mkdir()
     for f in sorted(folder.glob("*.jpg"))[:{n_images}]:
         (sub / f.name).symlink_to(f)
-    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, engine="tflite", progress=False)
+    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, runtime="tflite", progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -33,7 +33,7 @@ from helpers import fashion_mnist  # noqa: E402
 from helpers.embed import embed_pixels  # noqa: E402
 from helpers.index import AnnoyIndex, ExactIndex, recall_at_k  # noqa: E402
 from helpers.neighbors import AUTO_ANNOY, AUTO_EXACT_MAX_ITEMS  # noqa: E402
-from helpers.sweep import cheapest_annoy, peak_memory, run_sweep  # noqa: E402
+from helpers.sweep import cheapest, peak_memory, run_sweep  # noqa: E402
 
 K = 20
 
@@ -74,7 +74,7 @@ def measure(vectors: np.ndarray, sample: np.ndarray, truth: np.ndarray, budget_s
                                              ("(b) ours, PCA 64 + re-rank", 64, (5, 10, 20), (-1, 5, 10, 15))):
         table = run_sweep(vectors, n_trees_grid=trees, search_k_grid=multiples, k=K, n_queries=1000,
                           include_reference=False, pca_dims=pca_dims, progress=False)
-        best = cheapest_annoy(table, 0.95)
+        best = cheapest(table, 0.95, "annoy")
         if best is None:
             rows.append({"config": f"{label}: no setting in the grid reached recall 0.95"})
             continue

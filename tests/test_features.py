@@ -55,7 +55,7 @@ def test_options_give_unit_vectors_of_the_model_dim(model):
             assert out.shape == (2, model.dim) and out.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     # "auto" is gem for a model with a feature map; TFLite and TF give the same vectors
-    tf_model = models.load_model("efficientnet-lite0", engine="tf")
+    tf_model = models.load_model("efficientnet-lite0", runtime="tf")
     for pooling in ("avg", "gem"):
         np.testing.assert_allclose(features.Embedder(model, pooling)(batch),
                                    features.Embedder(tf_model, pooling)(batch), atol=1e-4)
@@ -95,4 +95,4 @@ def test_gem_converts_only_the_feature_map():
     """TFLite conversion happens on first use: a gem-only process converts one function."""
     fresh = models.load_model("efficientnet-lite0")
     features.Embedder(fresh, "gem")(np.zeros((1, 224, 224, 3), np.uint8))
-    assert fresh.engine == "tflite" and list(fresh._converted) == ["feature_map"]
+    assert fresh.runtime == "tflite" and list(fresh._converted) == ["feature_map"]

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from helpers.index import AnnoyIndex, ExactIndex, build_index, recall_at_k, top_k
+from helpers.index import (AnnoyIndex, ExactIndex, FaissIndex, VoyagerIndex, build_index, finish,
+                           recall_at_k, top_k)
 
 
 def unit(rng, n, d=16):
@@ -110,6 +111,8 @@ def test_new_query_vectors():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend="):
         build_index(np.eye(3, dtype=np.float32), backend="faiss")
+    with pytest.raises(ValueError, match="not nprobe"):  # a setting of another backend is a typo, not a no-op
+        build_index(np.eye(3, dtype=np.float32), backend="annoy", nprobe=8)
 
 
 def test_pca_annoy_reranks_with_exact_cosine(tmp_path):
@@ -127,3 +130,98 @@ def test_pca_annoy_reranks_with_exact_cosine(tmp_path):
         AnnoyIndex.load(tmp_path / "pca.ann", dim=64)
     loaded = AnnoyIndex.load(tmp_path / "pca.ann", dim=64, search_k=5000, vectors=vectors, candidates=60)
     np.testing.assert_array_equal(loaded.search(vectors[:5], 10)[0], index.search(vectors[:5], 10)[0])
+
+
+def clustered_unit(n=3000, d=64, clusters=40, seed=7):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    v = centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, d))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+GRAPH_AND_LIST_BACKENDS = [
+    ("faiss-hnsw", {"M": 16, "ef": 64}, 0.98),
+    ("voyager", {"M": 16, "ef": 64}, 0.98),
+    ("voyager", {"M": 16, "ef": 64, "storage": "e4m3", "candidates": 40}, 0.97),
+    ("faiss-ivfpq", {"nprobe": 8, "pq_m": 16}, 0.9),  # re-ranked by exact cosine (default 4 x k)
+]
+
+
+@pytest.mark.parametrize("backend,params,min_recall", GRAPH_AND_LIST_BACKENDS)
+def test_other_backends_against_exact(backend, params, min_recall, tmp_path):
+    vectors = clustered_unit()
+    truth, _ = ExactIndex(vectors).all_neighbors(10)
+    index = build_index(vectors, backend, **params)
+    idx, sim = index.all_neighbors(10)
+    assert recall_at_k(idx, truth) >= min_recall
+    rows = np.arange(len(vectors))
+    assert not (idx == rows[:, None]).any()  # never its own neighbour
+    assert (np.diff(sim, axis=1) <= 1e-6).all()  # best first
+    exact_sim = np.take_along_axis(vectors @ vectors.T, idx, 1)
+    # similarities are cosines: exact for float32 storage and re-ranked hits
+    np.testing.assert_allclose(sim, exact_sim, atol=1e-5 if backend != "voyager" or "candidates" in params else 1e-4)
+    with_self, _ = index.all_neighbors(5, include_self=True)
+    assert (with_self[:, 0] == rows).mean() > 0.99
+    # saved and loaded: the same answers
+    index.save(tmp_path / "index")
+    if backend == "voyager":
+        loaded = VoyagerIndex.load(tmp_path / "index", ef=params["ef"], vectors=vectors,
+                                   candidates=params.get("candidates"))
+    else:
+        loaded = FaissIndex.load(tmp_path / "index", nprobe=params.get("nprobe"), ef=params.get("ef"), vectors=vectors)
+    np.testing.assert_array_equal(loaded.search(vectors[:50], 10)[0], index.search(vectors[:50], 10)[0])
+
+
+@pytest.mark.parametrize("backend", ["faiss-hnsw", "voyager", "faiss-ivfpq"])
+def test_other_backends_find_new_photos_and_handle_tiny_catalogs(backend):
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, 200)
+    queries = vectors[:3] + 0.01 * unit(rng, 3)  # near-copies of items 0, 1, 2
+    idx, sim = build_index(vectors, backend).search(queries, 4)
+    assert idx[:, 0].tolist() == [0, 1, 2] and (sim[:, 0] > 0.99).all()
+    few = unit(rng, 3)
+    idx, sim = build_index(few, backend).all_neighbors(20)
+    assert idx.shape == (3, 2) and (idx >= 0).all() and not (idx == np.arange(3)[:, None]).any()
+
+
+def test_a_read_only_memory_mapped_store_can_be_indexed(tmp_path):
+    """load_store gives a read-only memmap; Voyager used to reject it."""
+    np.save(tmp_path / "v.npy", clustered_unit(500, 32))
+    vectors = np.load(tmp_path / "v.npy", mmap_mode="r")
+    for backend in ("voyager", "faiss-hnsw", "faiss-ivfpq", "annoy"):
+        idx, _ = build_index(vectors, backend).all_neighbors(5)
+        assert idx.shape == (500, 5)
+
+
+def test_ivfpq_shards_built_apart_and_merged_equal_one_build(tmp_path):
+    vectors = clustered_unit(4000, 64)
+    empty = FaissIndex.empty(64, "faiss-ivfpq", nlist=32, pq_m=16, nprobe=8)
+    empty.train(vectors[::2])
+    empty.save(tmp_path / "trained.faiss")
+    whole = FaissIndex.load(tmp_path / "trained.faiss")
+    whole.add(vectors, 0)
+    paths = []
+    for i, (lo, hi) in enumerate([(0, 1500), (1500, 2600), (2600, 4000)]):  # e.g. one per machine
+        shard = FaissIndex.load(tmp_path / "trained.faiss")
+        shard.add(vectors[lo:hi], lo)
+        paths.append(tmp_path / f"shard{i}.faiss")
+        shard.save(paths[-1])
+    merged = FaissIndex.merge(paths, out=tmp_path / "merged.faiss")
+    assert len(merged) == 4000 and (tmp_path / "merged.faiss").exists()
+    for index in (whole, merged):
+        index.vectors, index.candidates = vectors, 40
+    np.testing.assert_array_equal(merged.all_neighbors(10)[0], whole.all_neighbors(10)[0])
+    # the compressed index is a small fraction of the float32 vectors
+    assert merged.nbytes < vectors.nbytes / 3
+    hnsw = FaissIndex.empty(64, "faiss-hnsw")
+    hnsw.add(vectors[:10])
+    with pytest.raises(ValueError, match="order"):
+        hnsw.add(vectors[20:30], 20)
+
+
+def test_finish_drops_self_pads_and_orders():
+    cand = np.array([[3, 0, 5, -1], [1, 2, 2, 0]])
+    sims = np.array([[0.5, 0.9, 0.7, 0.0], [0.2, 0.8, 0.8, 0.9]], np.float32)
+    idx, sim = finish(cand, sims, 3, exclude=np.array([0, 0]))
+    assert idx.tolist() == [[5, 3, -1], [2, 2, 1]]
+    assert sim[0, 2] == -np.inf

@@ -93,15 +93,15 @@ def test_unknown_handle():
         models.load_model("resnet-9000")
 
 
-def test_tflite_engine_gives_the_same_vectors():
-    tf_model = models.load_model("efficientnet-lite0", engine="tf")
-    lite = models.load_model("efficientnet-lite0", engine="tflite")
+def test_tflite_runtime_gives_the_same_vectors():
+    tf_model = models.load_model("efficientnet-lite0", runtime="tf")
+    lite = models.load_model("efficientnet-lite0", runtime="tflite")
     pixels = reference_inputs(224)
-    assert lite.engine == "tflite" and lite.dim == tf_model.dim
+    assert lite.runtime == "tflite" and lite.dim == tf_model.dim
     np.testing.assert_allclose(lite.embed(pixels), tf_model.embed(pixels), atol=1e-4)
     np.testing.assert_allclose(lite.embed(pixels[:1]), tf_model.embed(pixels[:1]), atol=1e-4)
 
 
-def test_unknown_engine():
-    with pytest.raises(ValueError, match="engine="):
-        models.load_model("efficientnet-lite0", engine="onnx")
+def test_unknown_runtime():
+    with pytest.raises(ValueError, match="runtime="):
+        models.load_model("efficientnet-lite0", runtime="onnx")

@@ -80,6 +80,40 @@ def test_annoy_backend_gives_same_table_at_high_search_k():
     pd.testing.assert_frame_equal(exact, annoy)
 
 
+def test_graph_and_compressed_backends_give_the_exact_table():
+    from helpers.index import build_index
+
+    v, items = catalog(n=300)
+    exact = neighbor_table(v, items, k=5, level="product")
+    for backend, params in [("faiss-hnsw", {"ef": 300}), ("voyager", {"ef": 300}),
+                            ("faiss-ivfpq", {"nlist": 4, "nprobe": 4, "candidates": 300})]:
+        table = neighbor_table(v, items, k=5, level="product", index=build_index(v, backend, **params))
+        pd.testing.assert_frame_equal(exact, table, obj=backend)
+
+
+def test_write_neighbors_takes_the_sweeps_choice_and_index_params(tmp_path):
+    """03 builds what 02 recommended, with its settings; index_params override them."""
+    from helpers import store
+    from helpers.neighbors import write_neighbors
+
+    v, items = catalog(n=120, d=16)
+    run_dir = tmp_path / "run"
+    with store.EmbeddingWriter(run_dir, 16) as writer:
+        writer.append(v)
+    items = items.assign(imageName=items["path"], sha256=[f"{i:064x}" for i in range(120)], width=8, height=8)
+    store.write_table(run_dir / store.ITEMS, items[store.ITEM_COLUMNS])
+    store.write_json(run_dir / store.META, {"dim": 16, "postprocess": "none"})
+    store.write_json(run_dir / "index_choice.json", {"backend": "voyager", "M": 8, "ef": 150, "recall": 1.0})
+    meta = write_neighbors(run_dir, k=5, level="image", refresh=False)
+    assert meta["backend"] == "voyager" and meta["index_params"] == {"M": 8, "ef": 150}
+    meta = write_neighbors(run_dir, k=5, level="image", refresh=False, index_params={"ef": 200})
+    assert meta["index_params"] == {"M": 8, "ef": 200}
+    exact = write_neighbors(run_dir, k=5, level="image", backend="exact", refresh=False)
+    assert exact["index_params"] == {}  # the choice's settings belong to another backend
+    meta = write_neighbors(run_dir, k=5, level="image", backend="faiss-hnsw", refresh=False)
+    assert meta["index_params"] == {}
+
+
 def test_json_is_exactly_the_reference_format(tmp_path):
     v, items = catalog()
     table = neighbor_table(v, items, k=3)

@@ -29,6 +29,8 @@ def pipeline_run(hostile_dir, tmp_path_factory):
     run_dir = run.run({"run_dir": str(tmp / "run"), "image_dir": str(hostile_dir),
                        "catalog": str(catalog), "batch_size": 8, "n_trees_grid": [1, 5],
                        "search_k_grid": [-1, 2], "n_queries": 5, "include_reference": False,
+                       "backends": ["annoy", "faiss-hnsw", "voyager", "faiss-ivfpq"],
+                       "M_grid": [8], "ef_grid": [16], "nprobe_grid": [2],
                        "k": 4, "level": "product"})
     return run_dir
 
@@ -47,8 +49,13 @@ def test_01_embed_on_hostile_folder(pipeline_run):
 def test_02_sweep_writes_table_and_choice(pipeline_run):
     table = pd.read_csv(pipeline_run / "sweep.csv")
     assert sorted(table.loc[table["backend"] == "annoy", "n_trees"].unique()) == [1, 5]
+    # every backend asked for is on the same table, with its own settings
+    assert table.groupby("backend").size().to_dict() == {"exact": 1, "annoy": 4, "faiss-hnsw": 1,
+                                                          "voyager": 1, "faiss-ivfpq": 1}
+    assert table.loc[table["backend"] == "voyager", ["M", "ef"]].values.tolist() == [[8, 16]]
+    assert table.loc[table["backend"] == "faiss-ivfpq", "nprobe"].tolist() == [2]
     choice = json.loads((pipeline_run / "index_choice.json").read_text())
-    assert choice["backend"] in ("exact", "annoy") and "reason" in choice
+    assert choice["backend"] in table["backend"].unique() and "reason" in choice
 
 
 def test_03_writes_reference_format(pipeline_run):

@@ -69,3 +69,45 @@ def test_tiny_catalogs_recommend_exact(n):
     assert choice["backend"] == "exact"
     import json
     json.loads(json.dumps(choice, allow_nan=False))  # valid JSON: no NaN
+
+
+def test_sweep_puts_every_backend_on_one_table_and_recommends_with_its_settings():
+    from helpers import plots
+    from helpers.index import build_index, default_nlist
+
+    vectors = clustered(800)
+    table = sweep.run_sweep(vectors, n_trees_grid=[5], search_k_grid=[-1], k=5, n_queries=100,
+                            include_reference=False, progress=False,
+                            backends=["annoy", "faiss-ivfpq", "faiss-hnsw", "voyager"],
+                            nlist_grid=[None, 8], nprobe_grid=[1, 8], M_grid=[8], ef_grid=[16, 64])
+    counts = table["backend"].value_counts().to_dict()
+    assert counts == {"exact": 1, "annoy": 1, "faiss-ivfpq": 4, "faiss-hnsw": 2, "voyager": 2}
+    ivf = table[table["backend"] == "faiss-ivfpq"]
+    assert sorted(set(ivf["nlist"])) == sorted({default_nlist(800), 8})
+    assert set(ivf["nprobe"]) == {1, 8} and (ivf["candidates"] == 20).all()  # re-ranked: 4 x k
+    graphs = table[table["backend"].isin(["faiss-hnsw", "voyager"])]
+    assert set(graphs["ef"]) == {16, 64} and (graphs["recall"] >= 0.9).all()
+    assert table["recall"].between(0, 1).all() and (table["index_bytes"] > 0).all()
+    # the compressed index is smaller than the float32 vectors, the graphs are not
+    assert (ivf["index_bytes"] < vectors.nbytes).all()
+    choice = sweep.recommend(table, 0.9)
+    if choice["backend"] != "exact":  # the recommended setting rebuilds as it was measured
+        settings = {k: v for k, v in choice.items() if k not in ("backend", "recall", "estimated_all_items_seconds",
+                                                                   "target_recall", "reason")}
+        build_index(vectors, choice["backend"], **settings).all_neighbors(5)
+    fig = plots.plot_sweep(table, k=5)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert {"faiss-hnsw M=8", "voyager M=8", "annoy n_trees=5", "faiss-ivfpq nlist=8"} <= set(labels)
+
+
+def test_recommendation_of_another_backend_carries_its_settings():
+    import pandas as pd
+    base = dict(index_bytes=1, peak_memory_bytes=1, reference=False, pareto=False)
+    table = pd.DataFrame([
+        dict(backend="exact", n_trees=0, recall=1.0, all_items_seconds=100, **base),
+        dict(backend="annoy", n_trees=10, search_k=-1, recall=0.96, all_items_seconds=30, **base),
+        dict(backend="faiss-hnsw", M=16, ef=64, recall=0.97, all_items_seconds=10, **base),
+    ])
+    choice = sweep.recommend(table, 0.95)
+    assert choice["backend"] == "faiss-hnsw" and (choice["M"], choice["ef"]) == (16, 64)
+    assert "n_trees" not in choice and "10.0x faster" in choice["reason"]

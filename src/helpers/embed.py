@@ -1,8 +1,11 @@
 """Embed a folder of product images into a run folder's embeddings store.
 
-Files are read, hashed and decoded in a thread pool (Pillow releases the GIL) while the
-model runs on the previous batch, so decoding overlaps with inference. A file that cannot
-be used is listed in ``skipped.csv`` with the reason and never stops the run.
+Two engines compute the vectors, with the same read/decode/model code (``read_and_decode``
+and ``features.Embedder``): "local" reads, hashes and decodes files in a thread pool
+(Pillow releases the GIL) while the model runs on the previous batch; "ray" runs them in a
+Ray actor pool, on this machine or a cluster (``helpers.distributed``). Either way new
+vectors are checkpointed in chunks (an interrupted run resumes where it stopped), and a
+file that cannot be used is listed in ``skipped.csv`` with the reason and never stops the run.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import platform
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,6 +27,9 @@ from . import __version__, catalog as catalog_mod, features, images, store, whit
 from .features import Embedder
 from .models import DEFAULT_MODEL, load_model
 from .store import PartialWork
+
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -68,13 +75,59 @@ def decoded_stream(root: Path, paths: list[str], size: int, resize: str, max_pix
                 pending.append(pool.submit(read_and_decode, root, nxt, size, resize, max_pixels))
 
 
+@dataclass
+class Embedded:
+    """What an engine hands back for some of the files: vectors and what became of the rest."""
+
+    rows: list  # (path, sha256, width, height) of each row of ``vectors``
+    vectors: np.ndarray
+    duplicates: list = field(default_factory=list)  # (path, sha256): bytes already embedded
+    failed: list = field(default_factory=list)      # (path, reason)
+    runtime: str | None = None                      # the model runtime that ran ("tflite" / "tf")
+    seconds: float = 0.0                            # model time, when the engine can tell
+
+    @property
+    def files(self) -> int:
+        return len(self.rows) + len(self.duplicates) + len(self.failed)
+
+
+def local_batches(root: Path, paths: list[str], model: Embedder, resize: str, max_pixels: int,
+                  batch_size: int, workers: int, known) -> Iterator[Embedded]:
+    """The local engine: decode in threads, run the model on full batches, in this process.
+
+    ``known``: sha256 values already embedded (a file with the same bytes is not run again).
+    """
+    batch: list[Decoded] = []
+
+    def run() -> Embedded:
+        t0 = time.perf_counter()
+        vectors = model(np.stack([d.pixels for d in batch]))
+        out = Embedded([(d.path, d.sha256, d.width, d.height) for d in batch], vectors,
+                       runtime=model.runtime, seconds=time.perf_counter() - t0)
+        batch.clear()
+        return out
+
+    for d in decoded_stream(root, paths, model.image_size, resize, max_pixels,
+                            workers, prefetch=max(2 * batch_size, 4 * workers)):
+        if d.pixels is None:
+            yield Embedded([], np.empty((0, model.dim), np.float32), failed=[(d.path, d.reason)])
+        elif d.sha256 in known:  # same bytes as a file embedded earlier in this run
+            yield Embedded([], np.empty((0, model.dim), np.float32), duplicates=[(d.path, d.sha256)])
+        else:
+            batch.append(d)
+            if len(batch) >= batch_size:
+                yield run()
+    if batch:
+        yield run()
+
+
 def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str = DEFAULT_MODEL,
                  resize: str = "crop", batch_size: int = 32, recursive: bool = True,
                  catalog: str | Path | None = None, on_missing: str = "error",
-                 max_pixels: int = images.MAX_PIXELS, engine: str = "auto",
+                 max_pixels: int = images.MAX_PIXELS, runtime: str = "auto",
                  workers: int | None = None, checkpoint_every: int = 1024,
                  pooling: str = "auto", focus: str = "none", postprocess: str = "none",
-                 progress: bool = True) -> dict:
+                 engine: str = "local", progress: bool = True) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the run summary.
 
     Writes embeddings.npy, items.parquet, skipped.csv and embed_meta.json (see ``store``).
@@ -85,8 +138,18 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     are dropped. ``pooling`` / ``focus``: see ``helpers.features``. ``postprocess="whiten"``
     learns PCA-whitening on the catalog's vectors (``whitening.npz``, see ``helpers.whitening``);
     readers get whitened vectors through ``store.load_store``.
+
+    ``engine``: "local" (this process) or "ray" (a Ray actor pool: ``ray.init()`` on this
+    machine, or the cluster at ``RAY_ADDRESS``; every worker must see ``image_dir`` at the same
+    path and have this package installed). Both give the same vectors, skipped files and
+    checkpoints. ``workers``: decode threads (local) or model workers (ray; default one per
+    CPU of the cluster). ``runtime``: the model runtime ("auto", "tflite", "tf"; see
+    ``models.load_model``).
     """
     started = time.perf_counter()
+    if engine not in ENGINES:
+        hint = " (the model runtime is now the runtime= parameter)" if engine in ("auto", "tf", "tflite") else ""
+        raise ValueError(f"engine={engine!r}; choose one of {ENGINES}{hint}")
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"resize={resize!r}; choose one of {images.RESIZE_MODES}")
     features.check_options(pooling, focus)
@@ -132,27 +195,26 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     sha = dict(zip(to_embed, _hash_files(root, to_embed, workers))) if len(pool) else {}
     to_compute = [p for p in to_embed if sha.get(p) not in pool]
 
-    model, loaded, infer_seconds = None, time.perf_counter(), 0.0
+    model, loaded, infer_seconds, runtime_used = None, time.perf_counter(), 0.0, None
     reasons = {p: "no productId in the catalog (on_missing='skip')" for p in not_listed}
     for p in bad_names:
         shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         reasons[shown] = "file name is not valid UTF-8: rename the file to include it"
     if to_compute:
-        model = Embedder(load_model(model_handle, engine), pooling, focus)
+        model = Embedder(load_model(model_handle, runtime), pooling, focus)
         loaded = time.perf_counter()
+        if engine == "local":
+            results = local_batches(root, to_compute, model, resize, max_pixels, batch_size, workers, pool)
+        else:
+            from . import distributed
+
+            options = {"model_handle": model_handle, "runtime": runtime, "pooling": pooling, "focus": focus,
+                       "resize": resize, "max_pixels": max_pixels}
+            results = distributed.ray_batches(root, to_compute, options, batch_size, workers)
+            infer_seconds = None  # spent in the workers
         bar = _progress(len(to_compute), progress)
-        batch: list[Decoded] = []
         chunk_vectors: list[np.ndarray] = []
         chunk_rows: list[tuple] = []
-
-        def flush_batch():
-            nonlocal infer_seconds
-            t0 = time.perf_counter()
-            chunk_vectors.append(model(np.stack([d.pixels for d in batch])))
-            infer_seconds += time.perf_counter() - t0
-            chunk_rows.extend((d.path, d.sha256, d.width, d.height) for d in batch)
-            bar.update(len(batch))
-            batch.clear()
 
         def flush_chunk():
             if chunk_rows:
@@ -162,22 +224,19 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
             chunk_vectors.clear()
             chunk_rows.clear()
 
-        for d in decoded_stream(root, to_compute, model.image_size, resize, max_pixels,
-                                workers, prefetch=max(2 * batch_size, 4 * workers)):
-            if d.pixels is None:
-                reasons[d.path] = d.reason
-                bar.update(1)
-                continue
-            sha[d.path] = d.sha256
-            if d.sha256 in pool:  # same bytes as a file embedded earlier in this run
-                continue
-            batch.append(d)
-            if len(batch) >= batch_size:
-                flush_batch()
-                if len(chunk_rows) >= checkpoint_every:
-                    flush_chunk()
-        if batch:
-            flush_batch()
+        for result in results:
+            reasons.update(result.failed)
+            sha.update(result.duplicates)
+            sha.update((row[0], row[1]) for row in result.rows)
+            if result.rows:
+                chunk_vectors.append(np.asarray(result.vectors, dtype=np.float32))
+                chunk_rows.extend(result.rows)
+            runtime_used = result.runtime or runtime_used
+            if infer_seconds is not None:
+                infer_seconds += result.seconds
+            bar.update(result.files)
+            if len(chunk_rows) >= checkpoint_every:
+                flush_chunk()
         flush_chunk()
         bar.close()
 
@@ -185,7 +244,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     rows = []
     dim = model.dim if model else (previous or {}).get("dim")
     if dim is None:  # nothing embedded now or before: every file was skipped
-        dim = load_model(model_handle, engine).dim
+        dim = load_model(model_handle, runtime).dim
     writer = store.EmbeddingWriter(work.folder, dim)
     try:
         block = []
@@ -212,7 +271,8 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         **key,
         "dim": dim,
         "image_size": model.image_size if model else (previous or {}).get("image_size"),
-        "engine": model.engine if model else (previous or {}).get("engine"),
+        "engine": engine,
+        "runtime": runtime_used or (model.runtime if model else (previous or {}).get("runtime")),
         "pooling_used": model.pooling if model else (previous or {}).get("pooling_used"),
         "postprocess": postprocess,
         "input_range": [0.0, 1.0],
@@ -235,7 +295,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "seconds": {
             "model_load": round(loaded - started, 3),
             "embed": round(embed_seconds, 3),
-            "inference": round(infer_seconds, 3),
+            "inference": None if infer_seconds is None else round(infer_seconds, 3),
             "total": round(finished - started, 3),
         },
         "images_per_second": round(len(to_compute) / embed_seconds, 2) if to_compute and embed_seconds else None,
@@ -292,7 +352,7 @@ def _versions() -> dict:
 
 
 def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "crop",
-                 batch_size: int = 64, engine: str = "auto", model=None, pooling: str = "auto",
+                 batch_size: int = 64, runtime: str = "auto", model=None, pooling: str = "auto",
                  focus: str = "none", progress: bool = False) -> np.ndarray:
     """L2-normalised vectors for in-memory pictures (uint8 arrays or PIL images), in order.
 
@@ -301,7 +361,7 @@ def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "cro
     """
     from PIL import Image
 
-    model = model or load_model(model_handle, engine)
+    model = model or load_model(model_handle, runtime)
     if not isinstance(model, Embedder):
         model = Embedder(model, pooling, focus)
     pictures = list(pictures) if not hasattr(pictures, "__len__") else pictures

@@ -116,8 +116,8 @@ class Embedder:
         return self.model.dim
 
     @property
-    def engine(self) -> str:
-        return self.model.engine
+    def runtime(self) -> str:
+        return self.model.runtime
 
     def _pool(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.pooling == "avg" and self.focus == "none":

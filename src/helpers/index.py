@@ -1,14 +1,22 @@
 """Nearest-neighbour search over L2-normalised vectors (cosine similarity).
 
-Two backends with one interface (``build``, ``save``, ``load``, ``search``, ``all_neighbors``):
+Backends with one interface (``build``, ``save``, ``load``, ``search``, ``all_neighbors``):
 
 - ``ExactIndex``: chunked float32 matrix products with a top-k per chunk; never builds the
   N x N matrix, memory is bounded by the chunk size. The ground truth for recall, and the
   fast path for small catalogs.
 - ``AnnoyIndex``: Spotify's Annoy, angular metric, ``n_trees`` / ``search_k``, fixed seed,
   multi-threaded build and queries (Annoy releases the GIL), optional on-disk build.
+- ``FaissIndex`` (backends "faiss-ivfpq" and "faiss-hnsw"): FAISS inverted lists with
+  product-quantised codes (``nlist``, ``nprobe``, ``pq_m`` bytes per vector: the compressed
+  index for millions of items; shards built apart and merged), or an HNSW graph (``M``, ``ef``).
+- ``VoyagerIndex``: Spotify's Voyager, Annoy's HNSW successor (``M``, ``ef``, ``storage``
+  float32 / e4m3 / float8: one byte per dimension).
 
-Both return (indices, similarities) with similarity = cosine = 1 - d^2 / 2 for unit vectors.
+Any backend can re-rank its first ``candidates`` results by exact cosine on the full vectors
+(``vectors=``): compressed codes find the neighbourhood, the stored vectors order it.
+
+All return (indices, similarities) with similarity = cosine = 1 - d^2 / 2 for unit vectors.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("annoy", "exact")
+BACKENDS = ("exact", "annoy", "faiss-ivfpq", "faiss-hnsw", "voyager")
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -254,6 +262,288 @@ class AnnoyIndex:
                            None if include_self else rows)
 
 
+def finish(cand: np.ndarray, sims: np.ndarray, n_out: int, exclude: np.ndarray | None = None,
+           queries: np.ndarray | None = None, vectors: np.ndarray | None = None):
+    """Padded candidate rows (-1 = none) -> the best ``n_out`` per row, best first.
+
+    Drops each row's ``exclude`` item, re-scores by exact cosine when ``vectors`` (and the
+    ``queries``) are given, and orders by similarity, then row (the exact backend's tie-break).
+    """
+    cand = np.array(cand, dtype=np.int64)
+    if exclude is not None:
+        cand[cand == np.asarray(exclude)[:, None]] = -1
+    if vectors is not None:
+        sims = pair_cosine(queries, vectors, cand)
+    sims = np.where(cand >= 0, sims, -np.inf).astype(np.float32)
+    order = np.lexsort((np.where(cand >= 0, cand, np.iinfo(np.int64).max), -sims), axis=1)[:, :n_out]
+    out_idx = np.take_along_axis(cand, order, axis=1)
+    out_sim = np.take_along_axis(sims, order, axis=1)
+    if out_idx.shape[1] < n_out:  # fewer candidates than asked: pad
+        pad = n_out - out_idx.shape[1]
+        out_idx = np.pad(out_idx, ((0, 0), (0, pad)), constant_values=-1)
+        out_sim = np.pad(out_sim, ((0, 0), (0, pad)), constant_values=-np.inf)
+    out_idx[~np.isfinite(out_sim)] = -1
+    return out_idx, out_sim
+
+
+def _blocks(n: int, size: int = 65_536):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def default_nlist(n: int) -> int:
+    """Inverted lists for n items: about sqrt(n), with at least 39 training points each."""
+    return int(max(1, min(round(np.sqrt(n)), n // 39)))
+
+
+def default_pq_m(dim: int) -> int:
+    """Bytes per vector of the PQ code: the largest divisor of dim up to dim / 8 (1/32 of float32)."""
+    return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+
+
+class FaissIndex:
+    """FAISS over unit vectors, inner product = cosine.
+
+    "faiss-ivfpq": ``nlist`` inverted lists (k-means on a sample), each vector stored as a
+    ``pq_m``-byte product-quantised code of its residual; ``nprobe`` lists are scanned per
+    query. The index is ~``pq_m + 8`` bytes per item, and shards trained from the same
+    empty index can be built apart (other processes, other machines) and merged.
+    "faiss-hnsw": an HNSW graph over the float32 vectors, ``M`` links per node, ``ef``
+    candidates explored per query (``ef_construction`` while building).
+    IVF-PQ re-ranks its first ``candidates`` hits (default 4 x k; 0: none) by exact cosine
+    on the full ``vectors`` when it has them: PQ similarities are approximate.
+    """
+
+    def __init__(self, faiss_index, backend: str, vectors: np.ndarray | None = None,
+                 candidates: int | None = None):
+        self.index, self.backend = faiss_index, backend
+        self.vectors, self.candidates = vectors, candidates
+
+    @classmethod
+    def empty(cls, dim: int, backend: str = "faiss-ivfpq", nlist: int = 1024, pq_m: int | None = None,
+              nbits: int = 8, nprobe: int = 16, M: int = 32, ef: int = 64,
+              ef_construction: int = 80) -> "FaissIndex":
+        """An index with nothing in it (IVF-PQ: still to be ``train``-ed)."""
+        import faiss
+
+        if backend == "faiss-ivfpq":
+            pq_m = pq_m or default_pq_m(dim)
+            if dim % pq_m:
+                raise ValueError(f"pq_m={pq_m} must divide the dimension {dim} "
+                                 f"(e.g. pq_m={default_pq_m(dim)})")
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), int(pq_m), int(nbits), faiss.METRIC_INNER_PRODUCT)
+            index.nprobe = int(nprobe)
+        elif backend == "faiss-hnsw":
+            index = faiss.IndexHNSWFlat(dim, int(M), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(ef_construction)
+            index.hnsw.efSearch = int(ef)
+        else:
+            raise ValueError(f"backend={backend!r} is not a FAISS backend (faiss-ivfpq, faiss-hnsw)")
+        return cls(index, backend)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, backend: str = "faiss-ivfpq", nlist: int | None = None,
+              nprobe: int = 16, pq_m: int | None = None, M: int = 32, ef: int = 64,
+              ef_construction: int = 80, candidates: int | None = None, seed: int = 42,
+              train_size: int | None = None) -> "FaissIndex":
+        """Train (IVF-PQ) on a seeded sample of rows, then add every row as item i, in blocks."""
+        n, dim = vectors.shape
+        nbits = int(min(8, max(1, np.floor(np.log2(max(n, 2))))))  # no more PQ centroids than items
+        nlist = int(min(nlist or default_nlist(n), max(1, n)))
+        index = cls.empty(dim, backend, nlist=nlist, pq_m=pq_m, nbits=nbits, nprobe=nprobe, M=M,
+                          ef=ef, ef_construction=ef_construction)
+        if backend == "faiss-ivfpq":
+            size = min(n, train_size or max(64 * nlist, 39 * 2 ** nbits, 10_000))
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+            index.train(vectors[rows], seed)
+        for start, stop in _blocks(n):
+            index.add(vectors[start:stop], start)
+        index.vectors, index.candidates = vectors, candidates
+        return index
+
+    def train(self, sample: np.ndarray, seed: int = 42) -> None:
+        if self.backend == "faiss-ivfpq":
+            for params in (self.index.cp, self.index.pq.cp):
+                params.seed = seed
+                params.min_points_per_centroid = 1  # small catalogs: train anyway, without a warning
+            self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+    def add(self, vectors: np.ndarray, start: int | None = None) -> None:
+        """Add rows as items ``start, start + 1, ...`` (default: after the last one)."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        start = len(self) if start is None else start
+        if self.backend == "faiss-ivfpq":
+            self.index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+        else:
+            if start != len(self):
+                raise ValueError("an HNSW index numbers items in the order they are added")
+            self.index.add(x)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the serialised index."""
+        import faiss
+
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def save(self, path: str | Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, nprobe: int | None = None, ef: int | None = None,
+             vectors: np.ndarray | None = None, candidates: int | None = None,
+             mmap: bool = False) -> "FaissIndex":
+        """Load a saved index (``mmap``: leave the inverted lists on disk)."""
+        import faiss
+
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+        backend = "faiss-hnsw" if isinstance(index, faiss.IndexHNSW) else "faiss-ivfpq"
+        loaded = cls(index, backend, vectors, candidates)
+        loaded.set(nprobe=nprobe, ef=ef)
+        return loaded
+
+    def set(self, nprobe: int | None = None, ef: int | None = None) -> None:
+        """Change the query-time settings."""
+        if nprobe is not None and self.backend == "faiss-ivfpq":
+            self.index.nprobe = int(nprobe)
+        if ef is not None and self.backend == "faiss-hnsw":
+            self.index.hnsw.efSearch = int(ef)
+
+    @classmethod
+    def merge(cls, paths, out: str | Path | None = None) -> "FaissIndex":
+        """One IVF-PQ index from shards that were trained alike (``empty`` + ``train``, saved,
+        copied, filled with ``add(rows, start)`` elsewhere); written to ``out`` if given."""
+        paths = [str(p) for p in paths]
+        first = cls.load(paths[0])
+        if first.backend != "faiss-ivfpq":
+            raise ValueError("only IVF-PQ shards can be merged (an HNSW graph cannot)")
+        for path in paths[1:]:
+            other = cls.load(path)
+            first.index.merge_from(other.index, 0)  # ids were given at add time
+        if out is not None:
+            first.save(out)
+        return first
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
+        queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
+        extra = 1 if exclude is not None else 0
+        n_out = max(0, min(k, len(self) - extra))
+        want = min(len(self), max(n_out, self.rerank_count(n_out)) + extra)
+        if self.backend == "faiss-hnsw":  # HNSW cannot return more than ef results
+            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, want)
+        if want == 0 or len(queries) == 0:
+            return np.full((len(queries), n_out), -1, np.int64), np.full((len(queries), n_out), -np.inf, np.float32)
+        sims, cand = self.index.search(queries, want)
+        rerank = self.vectors if self.rerank_count(n_out) else None
+        return finish(cand, sims, n_out, exclude, queries, rerank)
+
+    def rerank_count(self, k: int) -> int:
+        """How many hits are re-ranked by exact cosine for a top-k (0: none)."""
+        if self.backend != "faiss-ivfpq" or self.vectors is None or self.candidates == 0:
+            return 0
+        return int(self.candidates or 4 * k)
+
+    def all_neighbors(self, k: int, include_self: bool = False):
+        if self.vectors is None:
+            raise ValueError("all_neighbors needs the indexed vectors: build with them or pass vectors=")
+        return _all_neighbors(self, k, include_self)
+
+
+class VoyagerIndex:
+    """Spotify's Voyager (HNSW), cosine space; ``storage`` "float32", "e4m3" or "float8"
+    (one byte per dimension). ``M`` links per node, ``ef_construction`` while building,
+    ``ef`` candidates explored per query."""
+
+    backend = "voyager"
+    STORAGE = ("float32", "e4m3", "float8")
+
+    def __init__(self, index, ef: int = 64, vectors: np.ndarray | None = None,
+                 candidates: int | None = None, n_jobs: int = -1):
+        self.index, self.ef, self.vectors, self.candidates, self.n_jobs = index, ef, vectors, candidates, n_jobs
+
+    @classmethod
+    def empty(cls, dim: int, max_items: int, M: int = 16, ef: int = 64, ef_construction: int = 200,
+              storage: str = "float32", seed: int = 42, n_jobs: int = -1) -> "VoyagerIndex":
+        """An index with room for ``max_items``; fill it with ``add``."""
+        from voyager import Index, Space, StorageDataType
+
+        if storage not in cls.STORAGE:
+            raise ValueError(f"storage={storage!r}; choose one of {cls.STORAGE}")
+        kind = {"float32": StorageDataType.Float32, "e4m3": StorageDataType.E4M3,
+                "float8": StorageDataType.Float8}[storage]
+        index = Index(Space.Cosine, num_dimensions=dim, M=int(M), ef_construction=int(ef_construction),
+                      random_seed=int(seed), max_elements=max(int(max_items), 1), storage_data_type=kind)
+        return cls(index, ef, n_jobs=n_jobs)
+
+    def add(self, vectors: np.ndarray, start: int | None = None) -> None:
+        """Add rows as items ``start, start + 1, ...`` (default: after the last one)."""
+        start = len(self) if start is None else start
+        # Voyager takes writable arrays only (a memory-mapped store is read-only)
+        self.index.add_items(np.require(vectors, np.float32, ["C", "W"]),
+                             ids=list(range(start, start + len(vectors))), num_threads=self.n_jobs)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, M: int = 16, ef: int = 64, ef_construction: int = 200,
+              storage: str = "float32", seed: int = 42, candidates: int | None = None,
+              n_jobs: int = -1) -> "VoyagerIndex":
+        """Every row of ``vectors`` as item i, added in blocks (threads, so not byte-identical)."""
+        n, dim = vectors.shape
+        index = cls.empty(dim, n, M, ef, ef_construction, storage, seed, n_jobs)
+        for start, stop in _blocks(n):
+            index.add(vectors[start:stop], start)
+        index.vectors, index.candidates = vectors, candidates
+        return index
+
+    def __len__(self) -> int:
+        return int(self.index.num_elements)
+
+    def save(self, path: str | Path) -> None:
+        self.index.save(str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, ef: int = 64, vectors: np.ndarray | None = None,
+             candidates: int | None = None) -> "VoyagerIndex":
+        from voyager import Index
+
+        return cls(Index.load(str(path)), ef, vectors, candidates)
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
+        queries = np.require(np.atleast_2d(queries), np.float32, ["C", "W"])
+        extra = 1 if exclude is not None else 0
+        n_out = max(0, min(k, len(self) - extra))
+        want = min(len(self), max(n_out + extra, (self.candidates or 0) + extra))
+        if want == 0 or len(queries) == 0:
+            return np.full((len(queries), n_out), -1, np.int64), np.full((len(queries), n_out), -np.inf, np.float32)
+        ids, dist = self.index.query(queries, k=want, num_threads=self.n_jobs, query_ef=max(self.ef, want))
+        ids, dist = np.atleast_2d(ids).astype(np.int64), np.atleast_2d(dist)
+        rerank = self.vectors if self.candidates else None
+        return finish(ids, 1.0 - dist, n_out, exclude, queries, rerank)
+
+    def all_neighbors(self, k: int, include_self: bool = False):
+        if self.vectors is None:
+            raise ValueError("all_neighbors needs the indexed vectors: build with them or pass vectors=")
+        return _all_neighbors(self, k, include_self)
+
+
+def _all_neighbors(index, k: int, include_self: bool, block: int = 8192):
+    """Top-k of every item by searching with its own vector, in blocks of rows."""
+    n = len(index)
+    parts = []
+    for start in range(0, n, block):
+        rows = np.arange(start, min(start + block, n))
+        parts.append(index.search(index.vectors[rows], k, exclude=None if include_self else rows))
+    if not parts:
+        n_out = 0
+        return np.empty((0, n_out), np.int64), np.empty((0, n_out), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def fit_pca(vectors: np.ndarray, dims: int, seed: int = 42, sample: int = 10_000):
     """(mean, components) of the top ``dims`` principal axes, learned on a sample of rows."""
     rng = np.random.default_rng(seed)
@@ -264,15 +554,36 @@ def fit_pca(vectors: np.ndarray, dims: int, seed: int = 42, sample: int = 10_000
     return mean.astype(np.float32), vt[:dims].astype(np.float32)
 
 
-def build_index(vectors: np.ndarray, backend: str = "exact", n_trees: int = 10, search_k: int = -1,
-                seed: int = 42, n_jobs: int = -1, pca_dims: int | None = None):
-    """An ``ExactIndex`` or a built ``AnnoyIndex`` over ``vectors``."""
+# what each backend takes (build_index's keyword arguments)
+PARAMETERS = {
+    "exact": (),
+    "annoy": ("n_trees", "search_k", "pca_dims", "candidates"),
+    "faiss-ivfpq": ("nlist", "nprobe", "pq_m", "candidates"),
+    "faiss-hnsw": ("M", "ef", "ef_construction"),
+    "voyager": ("M", "ef", "ef_construction", "storage", "candidates"),
+}
+
+
+def build_index(vectors: np.ndarray, backend: str = "exact", seed: int = 42, n_jobs: int = -1, **params):
+    """A built index of ``backend`` over ``vectors``; ``params`` as in ``PARAMETERS``.
+
+    Parameters left at None take the backend's defaults; one that the backend does not
+    take is an error (a typo must not silently change nothing).
+    """
+    if backend not in PARAMETERS:
+        raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
+    params = {k: v for k, v in params.items() if v is not None}
+    unknown = sorted(set(params) - set(PARAMETERS[backend]))
+    if unknown:
+        raise ValueError(f"backend {backend!r} takes {', '.join(PARAMETERS[backend]) or 'no parameters'}; "
+                         f"not {', '.join(unknown)}")
     if backend == "exact":
         return ExactIndex(vectors)
     if backend == "annoy":
-        return AnnoyIndex.build(vectors, n_trees=n_trees, search_k=search_k, seed=seed, n_jobs=n_jobs,
-                                pca_dims=pca_dims)
-    raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
+        return AnnoyIndex.build(vectors, seed=seed, n_jobs=n_jobs, **params)
+    if backend == "voyager":
+        return VoyagerIndex.build(vectors, seed=seed, n_jobs=n_jobs, **params)
+    return FaissIndex.build(vectors, backend, seed=seed, **params)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from .torch_weights import load_state_dict
 
 DEFAULT_MODEL = "efficientnet-lite0"
-ENGINES = ("auto", "tf", "tflite")
+RUNTIMES = ("auto", "tf", "tflite")
 TFLITE_MICRO_BATCH = 1
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
 CONVERSION_VERSION = 2
@@ -53,10 +53,10 @@ class ModelUnavailableError(RuntimeError):
 class FeatureExtractor:
     """A loaded backbone: ``embed(uint8 batch) -> float32 (N, dim)`` plus what it expects.
 
-    With engine "tflite" each function is converted on its first use, so a process that
+    With runtime "tflite" each function is converted on its first use, so a process that
     only needs the feature map (pooling "gem") never converts the pooled function.
     "auto" falls back to TensorFlow when a conversion fails (some hub modules use ops
-    TFLite lacks); ``engine`` then says "tf".
+    TFLite lacks); ``runtime`` then says "tf".
     """
 
     handle: str
@@ -64,19 +64,20 @@ class FeatureExtractor:
     dim: int
     module: object  # the object returned by hub.load
     _fn: Callable   # the TensorFlow pooled function, replaced by its TFLite version on first use
-    engine: str = "tf"
-    fallback: bool = False  # engine was "auto": fall back to TF if a conversion fails
+    runtime: str = "tf"
+    fallback: bool = False  # runtime was "auto": fall back to TF if a conversion fails
+    threads: int | None = None  # TFLite threads (None: every core); one Ray worker takes one
     _converted: dict = field(default_factory=dict)
 
     def _run(self, name: str, fn: Callable, images: np.ndarray) -> np.ndarray:
-        if self.engine == "tflite" and name not in self._converted:
+        if self.runtime == "tflite" and name not in self._converted:
             try:
-                self._converted[name] = _tflite_function(fn, self.module, self.image_size)
+                self._converted[name] = _tflite_function(fn, self.module, self.image_size, self.threads)
             except Exception as exc:
                 if not self.fallback:
                     raise ModelUnavailableError(f"{self.handle}: TFLite conversion failed ({exc}); "
-                                                "use engine='tf'") from exc
-                self.engine = "tf"
+                                                "use runtime='tf'") from exc
+                self.runtime = "tf"
         x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)  # hub modules take [0, 1]
         return np.asarray(self._converted.get(name, fn)(x), dtype=np.float32)
 
@@ -98,7 +99,7 @@ class FeatureExtractor:
         """The last convolutional feature map, (N, h, w, channels), before pooling.
 
         Only the bundled EfficientNet-Lite models export it (TF Hub feature-vector
-        modules give pooled vectors only). Runs on the same engine as ``embed``.
+        modules give pooled vectors only). Runs on the same runtime as ``embed``.
         """
         self.require_feature_map()
         return self._run("feature_map", self.module.feature_map, images)
@@ -109,18 +110,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LOOKALIKE_CACHE", Path.home() / ".cache" / "lookalike"))
 
 
-def load_model(model_handle: str = DEFAULT_MODEL, engine: str = "auto") -> FeatureExtractor:
+def load_model(model_handle: str = DEFAULT_MODEL, runtime: str = "auto",
+               threads: int | None = None) -> FeatureExtractor:
     """Load a backbone by name, TF Hub URL or SavedModel folder (building it first if needed).
 
-    ``engine``: "tf" runs the SavedModel in TensorFlow; "tflite" converts the same loaded
+    ``runtime``: "tf" runs the SavedModel in TensorFlow; "tflite" converts the same loaded
     function to TensorFlow Lite and runs it with XNNPACK (same vectors within 1e-4, about
     1.3x faster here, see docs/benchmarks.md), each function on its first use; "auto" is tflite
     when the module converts, else tf.
     """
     import tensorflow_hub as hub
 
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
 
     if model_handle in EFFICIENTNET_LITE:
         path = str(build_efficientnet_lite(model_handle))
@@ -144,11 +146,11 @@ def load_model(model_handle: str = DEFAULT_MODEL, engine: str = "auto") -> Featu
     fn = _callable(module, model_handle)
     size = _input_size(fn, model_handle)
     dim = int(fn(np.zeros((1, size, size, 3), np.float32)).shape[-1])
-    return FeatureExtractor(model_handle, size, dim, module, fn, "tf" if engine == "tf" else "tflite",
-                            fallback=engine == "auto")
+    return FeatureExtractor(model_handle, size, dim, module, fn, "tf" if runtime == "tf" else "tflite",
+                            fallback=runtime == "auto", threads=threads)
 
 
-def _tflite_function(fn, module, size: int) -> Callable:
+def _tflite_function(fn, module, size: int, threads: int | None = None) -> Callable:
     """Convert the module's feature function to TFLite; return a batch -> features callable."""
     import warnings
 
@@ -161,7 +163,7 @@ def _tflite_function(fn, module, size: int) -> Callable:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         interpreter = tf.lite.Interpreter(model_content=converter.convert(),
-                                          num_threads=os.cpu_count() or 1)
+                                          num_threads=threads or os.cpu_count() or 1)
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     current = {"n": None}
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .index import build_index
+from .index import PARAMETERS, build_index
 
 LEVELS = ("image", "product")
 # product level: extra candidates per item for products with several images (see fetch_size);
@@ -53,7 +53,8 @@ def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, bac
     """
     fetch = fetch_size(items, k, level)
     if index is None:
-        index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k)
+        index = build_index(embeddings, backend, **({"n_trees": n_trees, "search_k": search_k}
+                                                     if backend == "annoy" else {}))
     idx, _ = index.all_neighbors(fetch, include_self=include_self)
     return table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self)
 
@@ -263,13 +264,16 @@ def expand(vectors: np.ndarray, gallery: np.ndarray, neighbors: np.ndarray, n: i
 
 def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
                     search_k: int | None = None, pca_dims: int | None = None,
-                    include_self: bool = False, level: str = "product",
+                    index_params: dict | None = None, include_self: bool = False, level: str = "product",
                     min_similarity: float | None = None, duplicate_threshold: float = 0.95,
                     refresh: bool = True, query_expansion: int = 0) -> dict:
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
 
     backend "auto": 02's recommendation (index_choice.json) if present, else exact search up
-    to 10,000 items and Annoy (AUTO_ANNOY) beyond. ``refresh``: when few images changed since the last
+    to 10,000 items and Annoy (AUTO_ANNOY) beyond. Settings not given (``n_trees``,
+    ``search_k``, ``pca_dims`` for Annoy; ``index_params`` for any backend, e.g.
+    ``{"nprobe": 32}`` or ``{"M": 32, "ef": 128}``, see ``index.PARAMETERS``) come from
+    index_choice.json when it recommends the same backend. ``refresh``: when few images changed since the last
     run, update the saved lists instead of searching everything again (not for a whitened
     run: its whitening is learned again on the changed catalog, so every vector moves).
     ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
@@ -290,13 +294,18 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     if backend == "auto":
         backend = choice.get("backend") or ("exact" if len(items) <= AUTO_EXACT_MAX_ITEMS else "annoy")
         if not choice:
-            choice = AUTO_ANNOY
-    n_trees = n_trees or choice.get("n_trees", 10)
-    search_k = search_k or choice.get("search_k", -1)
-    pca_dims = pca_dims or choice.get("pca_dims")
+            choice = {"backend": "annoy", **AUTO_ANNOY}
+    if backend not in PARAMETERS:
+        raise ValueError(f"backend={backend!r}; choose 'auto' or one of {tuple(PARAMETERS)}")
+    settings = {name: choice[name] for name in PARAMETERS[backend]
+                if choice.get("backend") == backend and choice.get(name) is not None}
+    if backend == "annoy":
+        settings.update({name: value for name, value in
+                         (("n_trees", n_trees), ("search_k", search_k), ("pca_dims", pca_dims)) if value})
+    settings.update({name: value for name, value in (index_params or {}).items() if value is not None})
     fetch = fetch_size(items, k, level)
     if query_expansion > 0 and len(items) > 1:
-        first = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k, pca_dims=pca_dims)
+        first = build_index(embeddings, backend, **settings)
         nearest, _ = first.all_neighbors(query_expansion, include_self=False)
         embeddings = expand(embeddings, embeddings, nearest, query_expansion)
         refresh = False
@@ -305,7 +314,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     if refreshed is not None:
         idx, searched = refreshed
     else:
-        index = build_index(embeddings, backend, n_trees=n_trees, search_k=search_k, pca_dims=pca_dims)
+        index = build_index(embeddings, backend, **settings)
         idx, _ = index.all_neighbors(fetch, include_self=include_self)
         searched = len(items)
     if not query_expansion:
@@ -318,9 +327,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     duplicates = near_duplicates(table, duplicate_threshold)
     store.write_table(run_dir / "near_duplicates.csv", duplicates)
     meta = {
-        "backend": backend, "n_trees": n_trees if backend == "annoy" else None,
-        "search_k": search_k if backend == "annoy" else None,
-        "pca_dims": pca_dims if backend == "annoy" else None, "k": k, "level": level,
+        "backend": backend, "index_params": settings, "k": k, "level": level,
         "include_self": include_self, "min_similarity": min_similarity, "query_expansion": query_expansion,
         "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
         "pairs": len(table), "near_duplicate_pairs": len(duplicates),

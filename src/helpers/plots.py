@@ -43,35 +43,48 @@ def plot_neighbor_rows(image_dir: str | Path, query_paths: list[str], neighbor_p
     return fig
 
 
+BACKEND_COLOURS = {"annoy": "Blues", "faiss-ivfpq": "Oranges", "faiss-hnsw": "Greens", "voyager": "Purples"}
+
+
 def plot_sweep(table, k: int = 20):
-    """Recall vs queries/s (a line per n_trees, Pareto front ringed), vs build time, index size."""
-    annoy = table[table["backend"] == "annoy"]
+    """Recall vs queries/s (a line per build: n_trees, nlist or M; one colour family per
+    backend; Pareto front ringed), recall vs build time, index size per build."""
+    built = table[table["backend"] != "exact"]
     exact = table[table["backend"] == "exact"].iloc[0]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
-    for n_trees, group in annoy.groupby("n_trees"):
-        group = group.sort_values("queries_per_second")
-        style = "--" if group["reference"].any() else "-"
-        label = f"{n_trees} trees" + (" (reference)" if group["reference"].any() else "")
-        ax.plot(group["queries_per_second"], group["recall"], style, marker="o", ms=4, label=label)
+    builds = list(dict.fromkeys(built["build"])) if "build" in built else []
+    colours = {}
+    for backend, names in built.groupby("backend", sort=False)["build"]:
+        names = list(dict.fromkeys(names))
+        cmap = plt.get_cmap(BACKEND_COLOURS.get(backend, "Greys"))
+        for i, name in enumerate(names):
+            colours[name] = cmap(0.45 + 0.5 * i / max(1, len(names) - 1))
+    for name in builds:
+        group = built[built["build"] == name].sort_values("queries_per_second")
+        reference = bool(group["reference"].any())
+        ax.plot(group["queries_per_second"], group["recall"], "--" if reference else "-", marker="o", ms=4,
+                color=colours[name], label=name + (" (reference)" if reference else ""))
     front = table[table["pareto"]]
     ax.scatter(front["queries_per_second"], front["recall"], s=140, facecolors="none",
                edgecolors="black", label="Pareto front")
     ax.scatter([exact["queries_per_second"]], [1.0], marker="*", s=200, color="black", label="exact")
     ax.set_xscale("log"), ax.set_xlabel("queries / second (log)"), ax.set_ylabel(f"recall@{k}")
-    ax.legend(fontsize=7, ncol=2), ax.set_title("recall vs speed")
-    per_tree = annoy.groupby("n_trees").agg(build=("build_seconds", "first"), size=("index_bytes", "first"),
-                                            recall=("recall", "max"), memory=("peak_memory_bytes", "first"))
-    axes[1].plot(per_tree["build"], per_tree["recall"], marker="o")
-    for n_trees, row in per_tree.iterrows():
-        axes[1].annotate(str(n_trees), (row["build"], row["recall"]), fontsize=7)
-    axes[1].set_xlabel("build seconds"), axes[1].set_ylabel(f"best recall@{k}")
+    ax.legend(fontsize=6, ncol=2), ax.set_title("recall vs speed")
+    per_build = (built.groupby("build", sort=False)
+                 .agg(build_seconds=("build_seconds", "first"), size=("index_bytes", "first"),
+                      recall=("recall", "max"), memory=("peak_memory_bytes", "first")))
+    for name, row in per_build.iterrows():
+        axes[1].scatter(row["build_seconds"], row["recall"], color=colours[name])
+        axes[1].annotate(name, (row["build_seconds"], row["recall"]), fontsize=6)
+    axes[1].set_xscale("log"), axes[1].set_xlabel("build seconds (log)"), axes[1].set_ylabel(f"best recall@{k}")
     axes[1].set_title("recall vs build time")
-    axes[2].bar([str(t) for t in per_tree.index], per_tree["size"] / 1e6, color="tab:blue", label="index file")
-    axes[2].bar([str(t) for t in per_tree.index], per_tree["memory"] / 1e6, color="none",
-                edgecolor="tab:red", label="peak build memory")
-    axes[2].axhline(exact["index_bytes"] / 1e6, color="black", ls=":", label="vectors (exact)")
-    axes[2].set_yscale("log"), axes[2].set_xlabel("n_trees"), axes[2].set_ylabel("MB (log)")
+    labels = list(per_build.index)
+    axes[2].bar(labels, per_build["size"] / 1e6, color=[colours[n] for n in labels], label="index file")
+    axes[2].bar(labels, per_build["memory"] / 1e6, color="none", edgecolor="tab:red", label="peak build memory")
+    axes[2].axhline(exact["index_bytes"] / 1e6, color="black", ls=":", label="float32 vectors (exact)")
+    axes[2].set_yscale("log"), axes[2].set_ylabel("MB (log)")
+    axes[2].tick_params(axis="x", labelrotation=60, labelsize=6)
     axes[2].legend(fontsize=7), axes[2].set_title("index size")
     fig.tight_layout()
     return fig

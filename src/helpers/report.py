@@ -48,7 +48,7 @@ def key_figures(run_dir: str | Path) -> dict:
             "images embedded": embed.get("n_items"), "products": embed.get("n_products"),
             "files skipped": embed.get("n_skipped"),
             "model": f"{embed.get('model_handle')} ({embed.get('dim')}-d, resize={embed.get('resize')}, "
-                     f"engine={embed.get('engine')})",
+                     f"runtime={embed.get('runtime')}, engine={embed.get('engine')})",
             "embedding throughput (images/s)": embed.get("images_per_second"),
         })
         if embed.get("previous_store"):
@@ -57,8 +57,11 @@ def key_figures(run_dir: str | Path) -> dict:
                 f"previous store {embed.get('previous_store')})")
     choice = _read_json(run_dir / "index_choice.json")
     if choice:
-        setting = "exact search" if choice["backend"] == "exact" else (
-            f"annoy n_trees={choice.get('n_trees')} search_k={choice.get('search_k')}")
+        from .index import PARAMETERS
+
+        setting = "exact search" if choice["backend"] == "exact" else " ".join(
+            [choice["backend"]] + [f"{name}={choice[name]}" for name in PARAMETERS.get(choice["backend"], ())
+                                   if choice.get(name) is not None])
         figures["index recommended by 02"] = f"{setting} (recall@k {choice.get('recall')})"
     neighbors = _read_json(run_dir / "neighbors_meta.json")
     if neighbors:

@@ -1,6 +1,7 @@
-"""Measure Annoy settings against exact search and recommend one (notebook 02).
+"""Measure index settings against exact search and recommend one (notebook 02).
 
-For every ``n_trees`` x ``search_k`` combination: build seconds, index bytes, peak memory of
+For every combination (Annoy ``n_trees`` x ``search_k``; FAISS IVF-PQ ``nlist`` x ``nprobe``;
+FAISS HNSW and Voyager ``M`` x ``ef``): build seconds, index bytes, peak memory of
 the build, queries/second and recall@k on a sample of catalog items, with the exact backend
 as ground truth. The recommendation is the configuration with the smallest estimated
 all-items time (build + N queries) that reaches ``target_recall`` -- or exact search when
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .index import AnnoyIndex, ExactIndex, recall_at_k
+from .index import BACKENDS, PARAMETERS, ExactIndex, FaissIndex, build_index, default_nlist, recall_at_k
 
 REFERENCE_N_TREES = 10_000
 EXACT_PREFERENCE = 1.25  # recommend Annoy only when at least this much faster than exact
@@ -58,18 +59,31 @@ def resolve_search_k(multiple: float, k: int, n_trees: int) -> int:
     return -1 if multiple == -1 else int(multiple * k * n_trees)
 
 
+# query-time settings swept per build, and the build settings, for the graph/list backends
+DEFAULT_GRIDS = {"nlist_grid": (None,), "nprobe_grid": (1, 4, 16, 64),
+                 "M_grid": (16, 32), "ef_grid": (32, 64, 128, 256)}
+
+
 def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
               search_k_grid=(-1, 2, 5, 10, 20), k: int = 20, n_queries: int = 1000,
               include_reference: bool | None = None, seed: int = 0, pca_dims: int | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, backends=("annoy",), nlist_grid=DEFAULT_GRIDS["nlist_grid"],
+              nprobe_grid=DEFAULT_GRIDS["nprobe_grid"], M_grid=DEFAULT_GRIDS["M_grid"],
+              ef_grid=DEFAULT_GRIDS["ef_grid"]) -> pd.DataFrame:
     """One row per configuration (plus one for exact search) with cost and recall@k.
 
-    ``pca_dims``: build the Annoy trees on that many PCA dimensions and re-rank exactly.
+    ``backends``: any of "annoy" (``n_trees_grid`` x ``search_k_grid``; ``pca_dims``: trees on
+    that many PCA dimensions, re-ranked exactly), "faiss-ivfpq" (``nlist_grid`` x
+    ``nprobe_grid``; None = about sqrt(N) lists), "faiss-hnsw" and "voyager" (``M_grid`` x
+    ``ef_grid``). Each build setting is built once and every query setting measured on it.
     """
     from tqdm import tqdm
 
     vectors = np.asarray(embeddings, dtype=np.float32)
     n = len(vectors)
+    unknown = sorted(set(backends) - set(BACKENDS) - {"exact"})
+    if unknown:
+        raise ValueError(f"backends {unknown}: choose from {[b for b in BACKENDS if b != 'exact']}")
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     exact = ExactIndex(vectors)
@@ -77,40 +91,62 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
     with peak_memory() as mem:
         truth, _ = exact.search(vectors[queries], k, exclude=queries)
     exact_seconds = time.perf_counter() - start
-    rows = [{"backend": "exact", "n_trees": 0, "search_k_multiple": np.nan, "search_k": np.nan,
+    rows = [{"backend": "exact", "build": "exact", "n_trees": 0, "search_k_multiple": np.nan, "search_k": np.nan,
              "build_seconds": 0.0, "index_bytes": vectors.nbytes, "peak_memory_bytes": mem["bytes"],
              "queries_per_second": max(len(queries), 1) / exact_seconds, "recall": 1.0}]
-    grid = sorted(set(n_trees_grid)) if n >= 2 else []  # nothing to index below two items
-    if include_reference is None:
-        include_reference = n <= REFERENCE_MAX_ITEMS
-    if include_reference and grid and REFERENCE_N_TREES not in grid:
-        grid.append(REFERENCE_N_TREES)
-    bar = tqdm(total=len(grid) * len(search_k_grid), desc="sweep", disable=not progress, mininterval=2.0)
+    plans = []  # (backend, build settings, [query settings])
+    if n >= 2:  # nothing to index below two items
+        if "annoy" in backends:
+            grid = sorted(set(n_trees_grid))
+            if include_reference is None:
+                include_reference = n <= REFERENCE_MAX_ITEMS
+            if include_reference and grid and REFERENCE_N_TREES not in grid:
+                grid.append(REFERENCE_N_TREES)
+            for n_trees in grid:
+                reference_only = n_trees == REFERENCE_N_TREES and n_trees not in n_trees_grid
+                # the reference only ever used the default search_k (and full vectors)
+                plans.append(("annoy", {"n_trees": n_trees,
+                                        "pca_dims": None if n_trees == REFERENCE_N_TREES else pca_dims},
+                              [{"search_k_multiple": m} for m in ([-1] if reference_only else search_k_grid)]))
+        if "faiss-ivfpq" in backends:
+            for nlist in dict.fromkeys(min(nl or default_nlist(n), n) for nl in nlist_grid):
+                plans.append(("faiss-ivfpq", {"nlist": nlist},
+                              [{"nprobe": p} for p in sorted(set(nprobe_grid)) if p <= nlist] or [{"nprobe": nlist}]))
+        for backend in ("faiss-hnsw", "voyager"):
+            if backend in backends:
+                plans += [(backend, {"M": M}, [{"ef": ef} for ef in sorted(set(ef_grid))]) for M in sorted(set(M_grid))]
+    bar = tqdm(total=sum(len(q) for _, _, q in plans), desc="sweep", disable=not progress, mininterval=2.0)
     with tempfile.TemporaryDirectory() as tmp:
-        for n_trees in grid:
+        for backend, settings, query_settings in plans:
             start = time.perf_counter()
             with peak_memory() as mem:
-                index = AnnoyIndex.build(vectors, n_trees=n_trees,
-                                         pca_dims=None if n_trees == REFERENCE_N_TREES else pca_dims)
+                index = build_index(vectors, backend, **settings)
             build_seconds = time.perf_counter() - start
-            path = Path(tmp) / f"{n_trees}.ann"
-            index.save(path)
-            size = path.stat().st_size
-            # the reference only ever used the default search_k
-            multiples = [-1] if n_trees == REFERENCE_N_TREES and n_trees not in n_trees_grid else search_k_grid
-            for multiple in multiples:
-                index.search_k = resolve_search_k(multiple, k, n_trees)
+            size = index_bytes(index, Path(tmp) / "index")
+            label = " ".join(f"{key}={value}" for key, value in settings.items() if value is not None)
+            for query in query_settings:
+                row = {"backend": backend, "build": f"{backend} {label}", **settings}
+                if backend == "annoy":
+                    n_trees = settings["n_trees"]
+                    index.search_k = resolve_search_k(query["search_k_multiple"], k, n_trees)
+                    row.update(search_k_multiple=query["search_k_multiple"], search_k=index.search_k,
+                               pca_dims=settings["pca_dims"] if index.projection is not None else None)
+                elif backend == "faiss-ivfpq":
+                    index.set(nprobe=query["nprobe"])
+                    row.update(query, candidates=index.rerank_count(k))
+                elif backend == "faiss-hnsw":
+                    index.set(ef=query["ef"])
+                    row.update(query)
+                else:
+                    index.ef = query["ef"]
+                    row.update(query)
                 start = time.perf_counter()
                 found, _ = index.search(vectors[queries], k, exclude=queries)
                 seconds = time.perf_counter() - start
-                rows.append({"backend": "annoy", "n_trees": n_trees, "pca_dims": pca_dims if index.projection is not None else None,
-                             "search_k_multiple": multiple,
-                             "search_k": index.search_k, "build_seconds": build_seconds,
-                             "index_bytes": size, "peak_memory_bytes": mem["bytes"],
-                             "queries_per_second": len(queries) / seconds,
-                             "recall": recall_at_k(found, truth)})
+                row.update(build_seconds=build_seconds, index_bytes=size, peak_memory_bytes=mem["bytes"],
+                           queries_per_second=len(queries) / seconds, recall=recall_at_k(found, truth))
+                rows.append(row)
                 bar.update(1)
-            path.unlink()
             del index
     bar.close()
     table = pd.DataFrame(rows)
@@ -120,6 +156,17 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
     return table
 
 
+def index_bytes(index, path: Path) -> int:
+    """Bytes of the index as saved (the float32 matrix for exact search)."""
+    if isinstance(index, ExactIndex):
+        return index.vectors.nbytes
+    index.save(path)
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    for p in path.parent.glob(path.name + "*"):
+        p.unlink()
+    return size
+
+
 def pareto_front(recall: np.ndarray, speed: np.ndarray) -> np.ndarray:
     """True where no other point is at least as good on both axes and better on one."""
     better_or_equal = (recall[None, :] >= recall[:, None]) & (speed[None, :] >= speed[:, None])
@@ -127,33 +174,47 @@ def pareto_front(recall: np.ndarray, speed: np.ndarray) -> np.ndarray:
     return ~(better_or_equal & strictly).any(axis=1)
 
 
-def cheapest_annoy(table: pd.DataFrame, target_recall: float = 0.95) -> pd.Series | None:
-    """The Annoy row with the smallest estimated all-items time reaching target_recall."""
-    ok = table[(table["backend"] == "annoy") & (table["recall"] >= target_recall)]
+def cheapest(table: pd.DataFrame, target_recall: float = 0.95, backend: str | None = None) -> pd.Series | None:
+    """The index row (of ``backend``, or any) with the smallest all-items time reaching target_recall."""
+    ok = table[(table["backend"] != "exact") & (table["recall"] >= target_recall)]
+    if backend is not None:
+        ok = ok[ok["backend"] == backend]
     return None if ok.empty else ok.sort_values(["all_items_seconds", "index_bytes"]).iloc[0]
+
+
+def settings_of(row: pd.Series) -> dict:
+    """The build_index keyword arguments of a sweep row (search_k resolved, NaN dropped)."""
+    out = {}
+    for name in PARAMETERS.get(row["backend"], ()):
+        value = row.get(name)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        out[name] = value if isinstance(value, str) else int(value)
+    return out
 
 
 def recommend(table: pd.DataFrame, target_recall: float = 0.95) -> dict:
     """The configuration with the smallest estimated all-items time reaching target_recall."""
     exact = table[table["backend"] == "exact"].iloc[0]
-    cheapest = cheapest_annoy(table, target_recall)
-    if cheapest is None:
-        best, reason = exact, (f"no Annoy configuration reached recall {target_recall}; "
+    best_index = cheapest(table, target_recall)
+    if best_index is None:
+        best, reason = exact, (f"no index configuration reached recall {target_recall}; "
                                "exact search is the better choice at this size")
     else:
-        # exact search has perfect recall: Annoy must be clearly faster to be worth it
-        if exact["all_items_seconds"] <= EXACT_PREFERENCE * cheapest["all_items_seconds"]:
+        name = best_index["backend"]
+        # exact search has perfect recall: an index must be clearly faster to be worth it
+        if exact["all_items_seconds"] <= EXACT_PREFERENCE * best_index["all_items_seconds"]:
             best, reason = exact, (f"exact search ({exact['all_items_seconds']:.1f} s estimated) is "
-                                   f"faster than the cheapest Annoy setting reaching recall "
-                                   f"{target_recall} ({cheapest['all_items_seconds']:.1f} s)")
+                                   f"faster than the cheapest {name} setting reaching recall "
+                                   f"{target_recall} ({best_index['all_items_seconds']:.1f} s)")
         else:
-            best, reason = cheapest, (f"cheapest Annoy setting reaching recall {target_recall}; "
-                                      f"{exact['all_items_seconds'] / cheapest['all_items_seconds']:.1f}x "
-                                      "faster than exact search")
+            best, reason = best_index, (f"cheapest {name} setting reaching recall {target_recall}; "
+                                        f"{exact['all_items_seconds'] / best_index['all_items_seconds']:.1f}x "
+                                        "faster than exact search")
     choice = {"backend": best["backend"], "recall": round(float(best["recall"]), 4),
               "estimated_all_items_seconds": round(float(best["all_items_seconds"]), 2),
               "target_recall": target_recall, "reason": reason}
+    choice.update(settings_of(best))
     if best["backend"] == "annoy":
-        choice.update(n_trees=int(best["n_trees"]), search_k=int(best["search_k"]),
-                      pca_dims=None if pd.isna(best.get("pca_dims")) else int(best["pca_dims"]))
+        choice.setdefault("pca_dims", None)
     return choice

@@ -1,0 +1,63 @@
+"""embed_folder(engine="ray"): the local engine's vectors, skipped files and checkpoints,
+on a Ray started on this machine (two workers)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import store
+from helpers.embed import embed_folder
+
+pytest.importorskip("ray", reason="engine='ray' needs the scale extra: pip install -e '.[scale]'")
+
+
+@pytest.fixture(scope="module")
+def ray_run(hostile_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ray_run")
+    meta = embed_folder(hostile_dir, run_dir, engine="ray", workers=2, batch_size=4, progress=False)
+    return run_dir, meta
+
+
+def test_ray_gives_the_local_engines_store(ray_run, hostile_run_dir):
+    run_dir, meta = ray_run
+    local_vectors, local_items, local_meta = store.load_store(hostile_run_dir)
+    vectors, items, _ = store.load_store(run_dir)
+    pd.testing.assert_frame_equal(items, local_items)  # same files, order, hashes, sizes
+    # the same files skipped, for the same reasons (hostile files are read by the workers)
+    pd.testing.assert_frame_equal(store.load_skipped(run_dir), store.load_skipped(hostile_run_dir))
+    np.testing.assert_allclose(vectors, local_vectors, atol=1e-5)
+    assert meta["engine"] == "ray" and local_meta["engine"] == "local"
+    assert meta["runtime"] == local_meta["runtime"] == "tflite"
+    assert meta["n_items"] == local_meta["n_items"] and meta["n_skipped"] == local_meta["n_skipped"]
+
+
+def test_interrupted_ray_run_resumes_from_its_checkpoints(hostile_dir, ray_run, tmp_path, monkeypatch):
+    from helpers import distributed
+
+    real = distributed.ray_batches
+
+    def interrupted(*args, **kwargs):
+        for i, result in enumerate(real(*args, **kwargs)):
+            if i == 4:
+                raise KeyboardInterrupt  # the user stops the notebook, or the driver dies
+            yield result
+
+    monkeypatch.setattr(distributed, "ray_batches", interrupted)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        embed_folder(hostile_dir, run_dir, engine="ray", workers=2, batch_size=2, checkpoint_every=2, progress=False)
+    chunks = list((run_dir / store.PARTIAL).glob("chunk_*.parquet"))
+    assert chunks and not (run_dir / store.META).exists()
+    monkeypatch.setattr(distributed, "ray_batches", real)
+    resumed = embed_folder(hostile_dir, run_dir, engine="ray", workers=2, batch_size=2, progress=False)
+    assert resumed["n_reused"] >= 2 * len(chunks)  # checkpointed vectors were not computed again
+    vectors, items, _ = store.load_store(run_dir)
+    expected_vectors, expected_items, _ = store.load_store(ray_run[0])
+    pd.testing.assert_frame_equal(items, expected_items)
+    np.testing.assert_allclose(vectors, expected_vectors, atol=1e-5)
+
+
+def test_engine_names():
+    with pytest.raises(ValueError, match="runtime="):  # the old meaning of engine
+        embed_folder(".", "/nonexistent", engine="tflite")
+    with pytest.raises(ValueError, match="local"):
+        embed_folder(".", "/nonexistent", engine="spark")
