@@ -11,7 +11,9 @@ model, cached under benchmarks/cache/. For each catalog size (the first N train 
       parallel threads); (b') the same on full 1280-d vectors;
   (c) exact chunked search;
   (d) auto: what 03_neighbors picks without a sweep (exact up to 10,000 items, else
-      Annoy with helpers.neighbors.AUTO_ANNOY).
+      Annoy with helpers.neighbors.AUTO_ANNOY);
+  (e) FAISS HNSW, Voyager and FAISS IVF-PQ (re-ranked), each at the cheapest setting of a
+      small sweep that reaches recall 0.95.
 Each row: wall seconds (build + all-items top-20), peak RSS growth, recall@20 on 1,000
 sampled items.
 """
@@ -31,9 +33,9 @@ from embed_throughput import machine  # noqa: E402
 
 from helpers import fashion_mnist  # noqa: E402
 from helpers.embed import embed_pixels  # noqa: E402
-from helpers.index import AnnoyIndex, ExactIndex, recall_at_k  # noqa: E402
+from helpers.index import AnnoyIndex, ExactIndex, build_index, recall_at_k  # noqa: E402
 from helpers.neighbors import AUTO_ANNOY, AUTO_EXACT_MAX_ITEMS  # noqa: E402
-from helpers.sweep import cheapest, peak_memory, run_sweep  # noqa: E402
+from helpers.sweep import cheapest, peak_memory, run_sweep, settings_of  # noqa: E402
 
 K = 20
 
@@ -55,7 +57,8 @@ def timed(fn):
     return result, time.perf_counter() - start, mem["bytes"]
 
 
-def measure(vectors: np.ndarray, sample: np.ndarray, truth: np.ndarray, budget_seconds: float) -> list[dict]:
+def measure(vectors: np.ndarray, sample: np.ndarray, truth: np.ndarray, budget_seconds: float,
+            annoy: bool = True, reference_forest: bool = True) -> list[dict]:
     n = len(vectors)
     rows = []
 
@@ -69,6 +72,21 @@ def measure(vectors: np.ndarray, sample: np.ndarray, truth: np.ndarray, budget_s
         return {"config": f"{label}: annoy {text}", "seconds": seconds, "peak_mb": mem / 1e6,
                 "recall": recall_at_k(result[0][sample], truth)}
 
+    # (e) the FAISS and Voyager backends, each at its cheapest setting reaching recall 0.95 in 02's sweep
+    table = run_sweep(vectors, k=K, n_queries=1000, backends=["faiss-hnsw", "voyager", "faiss-ivfpq"],
+                      M_grid=(16, 32), ef_grid=(32, 64, 128), nprobe_grid=(8, 16, 32, 64), progress=False)
+    for backend in ("faiss-hnsw", "voyager", "faiss-ivfpq"):
+        best = cheapest(table, 0.95, backend)
+        if best is None:
+            rows.append({"config": f"(e) {backend}: no setting in the grid reached recall 0.95"})
+            continue
+        settings = settings_of(best)
+        (result, seconds, mem) = timed(lambda: build_index(vectors, backend, **settings).all_neighbors(K))
+        text = " ".join(f"{k}={v}" for k, v in settings.items())
+        rows.append({"config": f"(e) {backend} {text}", "seconds": seconds, "peak_mb": mem / 1e6,
+                     "recall": recall_at_k(result[0][sample], truth)})
+    if not annoy:
+        return rows
     # 02's recommendation, on full vectors and on 64 PCA dimensions with exact re-ranking
     for label, pca_dims, trees, multiples in (("(b') full vectors", None, (10, 25, 50), (-1, 2, 5, 10)),
                                              ("(b) ours, PCA 64 + re-rank", 64, (5, 10, 20), (-1, 5, 10, 15))):
@@ -84,7 +102,8 @@ def measure(vectors: np.ndarray, sample: np.ndarray, truth: np.ndarray, budget_s
         rows.append({**rows[0], "config": "(d) auto -> exact"})
     else:
         rows.append(annoy_row("(d) auto", AUTO_ANNOY))
-    rows.append(reference(vectors, sample, truth, budget_seconds))
+    if reference_forest:
+        rows.append(reference(vectors, sample, truth, budget_seconds))
     return rows
 
 
@@ -119,6 +138,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 60_000])
     parser.add_argument("--budget-seconds", type=float, default=1800,
                         help="build the real 10,000-tree forest only when estimated below this")
+    parser.add_argument("--no-annoy", action="store_true", help="only exact and the FAISS / Voyager rows (e)")
+    parser.add_argument("--no-reference", action="store_true", help="leave out (a), the 10,000-tree forest")
     args = parser.parse_args()
     train = fashion_embeddings("train")
     report = {"machine": machine(), "k": K, "results": {}}
@@ -126,7 +147,8 @@ def main() -> None:
         vectors = np.ascontiguousarray(train[:n])
         sample = np.sort(np.random.default_rng(0).choice(n, size=min(1000, n), replace=False))
         truth, _ = ExactIndex(vectors).search(vectors[sample], K, exclude=sample)
-        rows = measure(vectors, sample, truth, args.budget_seconds)
+        rows = measure(vectors, sample, truth, args.budget_seconds, annoy=not args.no_annoy,
+                       reference_forest=not args.no_reference)
         exact_s = next(r["seconds"] for r in rows if r["config"].startswith("(c)"))
         for r in rows:
             if "seconds" in r:

@@ -143,7 +143,7 @@ GRAPH_AND_LIST_BACKENDS = [
     ("faiss-hnsw", {"M": 16, "ef": 64}, 0.98),
     ("voyager", {"M": 16, "ef": 64}, 0.98),
     ("voyager", {"M": 16, "ef": 64, "storage": "e4m3", "candidates": 40}, 0.97),
-    ("faiss-ivfpq", {"nprobe": 8, "pq_m": 16}, 0.9),  # re-ranked by exact cosine (default 4 x k)
+    ("faiss-ivfpq", {"nprobe": 8, "pq_m": 16}, 0.9),  # re-ranked by exact cosine (default 10 x k)
 ]
 
 

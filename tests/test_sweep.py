@@ -84,7 +84,7 @@ def test_sweep_puts_every_backend_on_one_table_and_recommends_with_its_settings(
     assert counts == {"exact": 1, "annoy": 1, "faiss-ivfpq": 4, "faiss-hnsw": 2, "voyager": 2}
     ivf = table[table["backend"] == "faiss-ivfpq"]
     assert sorted(set(ivf["nlist"])) == sorted({default_nlist(800), 8})
-    assert set(ivf["nprobe"]) == {1, 8} and (ivf["candidates"] == 20).all()  # re-ranked: 4 x k
+    assert set(ivf["nprobe"]) == {1, 8} and (ivf["candidates"] == 50).all()  # re-ranked: 10 x k
     graphs = table[table["backend"].isin(["faiss-hnsw", "voyager"])]
     assert set(graphs["ef"]) == {16, 64} and (graphs["recall"] >= 0.9).all()
     assert table["recall"].between(0, 1).all() and (table["index_bytes"] > 0).all()
