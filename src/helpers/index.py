@@ -235,11 +235,7 @@ class AnnoyIndex:
         bounds = np.unique(np.linspace(0, len(items), max(threads * 4, len(items) // 512) + 1).astype(int))
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(work, bounds[:-1], bounds[1:]))
-        order = np.lexsort((np.where(cand >= 0, cand, np.iinfo(np.int64).max), -sims), axis=1)[:, :n_out]
-        out_idx = np.take_along_axis(cand, order, axis=1)
-        out_sim = np.take_along_axis(sims, order, axis=1)
-        out_sim[out_idx < 0] = -np.inf
-        return out_idx, out_sim
+        return finish(cand, sims, n_out)
 
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
         """(indices, similarities) for query vectors; rows Annoy cannot fill are -1 / -inf."""
@@ -446,11 +442,14 @@ class FaissIndex:
         extra = 1 if exclude is not None else 0
         n_out = max(0, min(k, len(self) - extra))
         want = min(len(self), max(n_out, self.rerank_count(n_out)) + extra)
-        if self.backend == "faiss-hnsw":  # HNSW cannot return more than ef results
-            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, want)
         if want == 0 or len(queries) == 0:
             return np.full((len(queries), n_out), -1, np.int64), np.full((len(queries), n_out), -np.inf, np.float32)
-        sims, cand = self.index.search(queries, want)
+        if self.backend == "faiss-hnsw" and want > self.index.hnsw.efSearch:
+            import faiss  # HNSW returns at most ef results: explore at least as many, this once
+
+            sims, cand = self.index.search(queries, want, params=faiss.SearchParametersHNSW(efSearch=want))
+        else:
+            sims, cand = self.index.search(queries, want)
         rerank = self.vectors if self.rerank_count(n_out) else None
         return finish(cand, sims, n_out, exclude, queries, rerank)
 
@@ -550,8 +549,7 @@ def _all_neighbors(index, k: int, include_self: bool, block: int = 8192):
         rows = np.arange(start, min(start + block, n))
         parts.append(index.search(index.vectors[rows], k, exclude=None if include_self else rows))
     if not parts:
-        n_out = 0
-        return np.empty((0, n_out), np.int64), np.empty((0, n_out), np.float32)
+        return np.empty((0, 0), np.int64), np.empty((0, 0), np.float32)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
