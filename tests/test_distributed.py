@@ -61,3 +61,44 @@ def test_engine_names():
         embed_folder(".", "/nonexistent", engine="tflite")
     with pytest.raises(ValueError, match="local"):
         embed_folder(".", "/nonexistent", engine="spark")
+
+
+def test_ray_address_joins_a_running_cluster(hostile_dir, hostile_run_dir, tmp_path):
+    """With RAY_ADDRESS set, the same call runs on that cluster (here: a head node started
+    with `ray start`, in its own processes) and gives the local engine's store."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster without a token
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in head.stdout:  # wait until the head is up
+            if "Ray runtime started" in line:
+                break
+        code = ("import json, sys, ray; from helpers.embed import embed_folder; "
+                "meta = embed_folder(sys.argv[1], sys.argv[2], engine='ray', batch_size=4, progress=False); "
+                "print('RESULT', json.dumps({'engine': meta['engine'], "
+                "'gcs': ray.get_runtime_context().gcs_address}))")
+        done = subprocess.run([sys.executable, "-c", code, str(hostile_dir), str(tmp_path / "run")],
+                              env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True,
+                              text=True, timeout=600)
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
+    lines = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    result = json.loads(lines[0])
+    assert result["engine"] == "ray" and result["gcs"].endswith(f":{port}")  # the cluster, not a new Ray
+    vectors, items, _ = store.load_store(tmp_path / "run")
+    local_vectors, local_items, _ = store.load_store(hostile_run_dir)
+    pd.testing.assert_frame_equal(items, local_items)
+    np.testing.assert_allclose(vectors, local_vectors, atol=1e-5)

@@ -8,8 +8,8 @@ The driver receives the results as they come and checkpoints them like the local
 
 Files are read by the workers (a file that cannot be read becomes a skipped row, not a
 failed job), so on a cluster every node must see ``image_dir`` at the same path (a shared
-mount). ``ray.init()`` joins the cluster at ``RAY_ADDRESS`` when it is set, else starts one
-on this machine. Ray is the optional extra ``pip install .[scale]``.
+mount). Ray joins the cluster at ``RAY_ADDRESS`` when it is set, else starts afresh on this
+machine. Ray is the optional extra ``pip install .[scale]``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ def start_ray():
         raise ImportError("engine='ray' needs Ray: pip install 'lookalike[scale]' "
                           "(or pip install 'ray[data]')") from exc
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # without RAY_ADDRESS, always a new Ray on this machine: never a cluster that some
+        # earlier `ray start` left recorded in /tmp/ray (it may be long gone, and ray.init hangs)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     return ray
 
 
