@@ -164,3 +164,19 @@ def test_refreshed_neighbours_equal_a_full_run(catalog_dir, tmp_path, level):
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "neighbors.parquet"),
                                   pd.read_parquet(scratch / "neighbors.parquet"))
     assert (run_dir / "nearest_neighbors.json").read_text() == (scratch / "nearest_neighbors.json").read_text()
+
+
+def test_a_run_with_nothing_to_embed_keeps_the_runtime(catalog_dir, tmp_path):
+    """Nothing new: no model is loaded, and the meta carries the runtime of the reused vectors --
+    also from a store written before engine= meant local/ray (it recorded the runtime as engine)."""
+    import json
+
+    run_dir = tmp_path / "run"
+    first = embed_folder(catalog_dir, run_dir, progress=False)
+    again = embed_folder(catalog_dir, run_dir, progress=False)
+    assert again["n_embedded_now"] == 0 and again["runtime"] == first["runtime"] == "tflite"
+    meta_path = run_dir / store.META
+    old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "runtime"}
+    meta_path.write_text(json.dumps({**old, "engine": "tflite"}))
+    upgraded = embed_folder(catalog_dir, run_dir, progress=False)
+    assert upgraded["runtime"] == "tflite" and upgraded["engine"] == "local"

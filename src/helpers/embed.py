@@ -272,7 +272,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "dim": dim,
         "image_size": model.image_size if model else (previous or {}).get("image_size"),
         "engine": engine,
-        "runtime": runtime_used or (model.runtime if model else (previous or {}).get("runtime")),
+        "runtime": runtime_used or (model.runtime if model else _previous_runtime(previous)),
         "pooling_used": model.pooling if model else (previous or {}).get("pooling_used"),
         "postprocess": postprocess,
         "input_range": [0.0, 1.0],
@@ -310,6 +310,13 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
             meta["postprocess"] = "none"
     work.commit(items, skipped_frame, meta)
     return meta
+
+
+def _previous_runtime(previous: dict | None) -> str | None:
+    """The model runtime of the store a run reused (stores written before engine="ray"
+    existed recorded it as "engine")."""
+    previous = previous or {}
+    return previous.get("runtime") or (previous.get("engine") if previous.get("engine") in ("tf", "tflite") else None)
 
 
 def _is_utf8(name: str) -> bool:
