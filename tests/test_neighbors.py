@@ -170,3 +170,21 @@ def test_query_expansion_in_write_neighbors(tiny_catalog, tmp_path):
     for (a, b), s in scores.items():  # symmetric: the same score both ways
         if (b, a) in scores.index:
             assert scores[(b, a)] == s
+
+
+def test_auto_choice_by_catalog_size_and_memory():
+    from helpers.index import build_index
+    from helpers.neighbors import auto_choice
+
+    gb = 10 ** 9
+    assert auto_choice(5_000, 5_000 * 5120, 24 * gb) == {"backend": "exact"}
+    assert auto_choice(60_000, 60_000 * 5120, 24 * gb)["backend"] == "annoy"
+    # a million items: Annoy's trees miss half the neighbours there; the graph fits in 24 GB
+    assert auto_choice(1_000_000, 1_000_000 * 5120, 24 * gb) == {"backend": "faiss-hnsw", "M": 16, "ef": 128}
+    # ten million: the graph's float32 copy (51 GB) does not fit: the compressed index
+    assert auto_choice(10_000_000, 10_000_000 * 5120, 24 * gb)["backend"] == "faiss-ivfpq"
+    assert auto_choice(1_000_000, 1_000_000 * 5120)["backend"] in ("faiss-hnsw", "faiss-ivfpq")  # this machine
+    v, _ = catalog(n=50, d=8)
+    for n in (5_000, 60_000, 1_000_000, 10_000_000):  # every choice builds
+        choice = auto_choice(n, n * 5120, 24 * gb)
+        build_index(v, choice.pop("backend"), **choice).all_neighbors(3)

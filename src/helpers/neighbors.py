@@ -8,6 +8,7 @@ vectors truncated (not rounded) to 4 decimals, as the reference did.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,26 @@ MAX_SPARE_IMAGES = 9
 AUTO_EXACT_MAX_ITEMS = 10_000  # the measured crossover of exact and Annoy on 2 cores (docs/benchmarks.md)
 # Annoy for "auto" beyond that, without a sweep: recall@20 0.95 on 60k real embeddings (benchmarks)
 AUTO_ANNOY = {"n_trees": 10, "search_k": 2500, "pca_dims": 64}
+# ... but at a million items those trees find half the true neighbours (docs/scaling.md): beyond
+# this size "auto" takes an HNSW graph (recall 0.97 at 1M), or compressed IVF-PQ (0.92 at 1M)
+# when the graph's float32 copy of the vectors would not fit in memory. Measured at 60k (Annoy
+# best) and 1M (HNSW best); 100k is a judgement between the two, not a measured crossover.
+AUTO_ANNOY_MAX_ITEMS = 100_000
+AUTO_HNSW = {"M": 16, "ef": 128}
+AUTO_IVFPQ = {}  # FaissIndex defaults: nlist ~ sqrt(N), nprobe 1/16 of them, re-rank 10 x k
+
+
+def auto_choice(n_items: int, vector_bytes: int, available_bytes: int | None = None) -> dict:
+    """03's index without a sweep, by catalog size (and memory, for the largest)."""
+    if n_items <= AUTO_EXACT_MAX_ITEMS:
+        return {"backend": "exact"}
+    if n_items <= AUTO_ANNOY_MAX_ITEMS:
+        return {"backend": "annoy", **AUTO_ANNOY}
+    if available_bytes is None:
+        available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 1.1 * vector_bytes < 0.7 * available_bytes:  # the graph holds a float32 copy plus links
+        return {"backend": "faiss-hnsw", **AUTO_HNSW}
+    return {"backend": "faiss-ivfpq", **AUTO_IVFPQ}
 COLUMNS = ["master_pi", "rank", "similar_pi", "similarity", "master_path", "similar_path"]
 
 
@@ -269,8 +290,9 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
                     refresh: bool = True, query_expansion: int = 0) -> dict:
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
 
-    backend "auto": 02's recommendation (index_choice.json) if present, else exact search up
-    to 10,000 items and Annoy (AUTO_ANNOY) beyond. Settings not given (``n_trees``,
+    backend "auto": 02's recommendation (index_choice.json) if present, else ``auto_choice``:
+    exact search up to 10,000 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph,
+    or IVF-PQ when the graph would not fit in memory. Settings not given (``n_trees``,
     ``search_k``, ``pca_dims`` for Annoy; ``index_params`` for any backend, e.g.
     ``{"nprobe": 32}`` or ``{"M": 32, "ef": 128}``, see ``index.PARAMETERS``) come from
     index_choice.json when it recommends the same backend. ``refresh``: when few images changed since the last
@@ -292,9 +314,9 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     choice_path = run_dir / "index_choice.json"
     choice = json.loads(choice_path.read_text()) if choice_path.exists() else {}
     if backend == "auto":
-        backend = choice.get("backend") or ("exact" if len(items) <= AUTO_EXACT_MAX_ITEMS else "annoy")
-        if not choice:
-            choice = {"backend": "annoy", **AUTO_ANNOY}
+        if not choice.get("backend"):
+            choice = auto_choice(len(items), int(np.asarray(embeddings[:1]).nbytes) * len(items))
+        backend = choice["backend"]
     if backend not in PARAMETERS:
         raise ValueError(f"backend={backend!r}; choose 'auto' or one of {tuple(PARAMETERS)}")
     settings = {name: choice[name] for name in PARAMETERS[backend]
