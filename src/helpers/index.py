@@ -324,7 +324,7 @@ class FaissIndex:
 
     @classmethod
     def empty(cls, dim: int, backend: str = "faiss-ivfpq", nlist: int = 1024, pq_m: int | None = None,
-              nbits: int = 8, nprobe: int = 16, M: int = 32, ef: int = 64,
+              nbits: int = 8, nprobe: int | None = None, M: int = 32, ef: int = 64,
               ef_construction: int = 80) -> "FaissIndex":
         """An index with nothing in it (IVF-PQ: still to be ``train``-ed)."""
         import faiss
@@ -336,7 +336,7 @@ class FaissIndex:
                                  f"(e.g. pq_m={default_pq_m(dim)})")
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), int(pq_m), int(nbits), faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = int(nprobe)
+            index.nprobe = int(nprobe or default_nprobe(nlist))
         elif backend == "faiss-hnsw":
             index = faiss.IndexHNSWFlat(dim, int(M), faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = int(ef_construction)

@@ -53,7 +53,7 @@ def plot_sweep(table, k: int = 20):
     exact = table[table["backend"] == "exact"].iloc[0]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
-    builds = list(dict.fromkeys(built["build"])) if "build" in built else []
+    builds = list(dict.fromkeys(built["build"]))
     colours = {}
     for backend, names in built.groupby("backend", sort=False)["build"]:
         names = list(dict.fromkeys(names))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .index import BACKENDS, PARAMETERS, ExactIndex, FaissIndex, build_index, default_nlist, recall_at_k
+from .index import BACKENDS, PARAMETERS, ExactIndex, build_index, default_nlist, recall_at_k
 
 REFERENCE_N_TREES = 10_000
 EXACT_PREFERENCE = 1.25  # recommend Annoy only when at least this much faster than exact
