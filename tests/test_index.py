@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from helpers.index import (AnnoyIndex, ExactIndex, FaissIndex, VoyagerIndex, build_index, finish,
-                           recall_at_k, top_k)
+from helpers.index import (AnnoyIndex, ExactIndex, FaissIndex, VoyagerIndex, build_index, finish, fit_pca,
+                           locality_order, recall_at_k, top_k)
 
 
 def unit(rng, n, d=16):
@@ -130,6 +130,33 @@ def test_pca_annoy_reranks_with_exact_cosine(tmp_path):
         AnnoyIndex.load(tmp_path / "pca.ann", dim=64)
     loaded = AnnoyIndex.load(tmp_path / "pca.ann", dim=64, search_k=5000, vectors=vectors, candidates=60)
     np.testing.assert_array_equal(loaded.search(vectors[:5], 10)[0], index.search(vectors[:5], 10)[0])
+
+
+def test_pca_axes_are_the_principal_axes_of_the_sample():
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=(3000, 12)) * np.linspace(5, 0.5, 12)) @ np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    mean, axes = fit_pca(x.astype(np.float32), 4, sample=3000)
+    _, _, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    np.testing.assert_allclose(mean, x.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(np.abs((axes * vt[:4]).sum(axis=1)), 1.0, atol=1e-4)  # same axes, any sign
+
+
+def test_locality_order_groups_near_rows_and_leaves_results_unchanged():
+    rng = np.random.default_rng(9)
+    centres = 10 * rng.normal(size=(8, 16))
+    labels = rng.integers(0, 8, 4000)
+    points = (centres[labels] + rng.normal(size=(4000, 16))).astype(np.float32)
+    order = locality_order(points)
+    assert sorted(order.tolist()) == list(range(4000))
+    # catalog order switches cluster at almost every row; the locality order a few times per group
+    assert np.count_nonzero(np.diff(labels[order])) < 0.1 * np.count_nonzero(np.diff(labels))
+    vectors = points / np.linalg.norm(points, axis=1, keepdims=True)
+    index = AnnoyIndex.build(vectors, n_trees=5, search_k=2000, pca_dims=8, candidates=40)
+    shuffled = rng.permutation(4000)
+    idx, sim = index.search(vectors, 10)
+    idx_s, sim_s = index.search(vectors[shuffled], 10)
+    np.testing.assert_array_equal(idx_s, idx[shuffled])  # each query's answer is its own
+    np.testing.assert_array_equal(sim_s, sim[shuffled])
 
 
 def clustered_unit(n=3000, d=64, clusters=40, seed=7):
