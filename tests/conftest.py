@@ -47,12 +47,14 @@ GOOD = {
     "one_pixel.bmp": "1x1 bmp",
     "café ☕.jpg": "unicode file name",
     "rotated.jpg": "EXIF orientation 6",
+    "photo.jfif": "JPEG with the .jfif extension",
 }
 BAD = {
     "empty.jpg": "empty file",
     "truncated.jpg": "truncated",
     "notes.png": "not an image",
     "bomb.png": "too large",
+    "phone.heic": "HEIC: Pillow cannot read it without a plugin",
 }
 
 
@@ -84,6 +86,8 @@ def hostile_dir(tmp_path_factory) -> Path:
     (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
     (root / "notes.png").write_text("this is not a picture\n")
     Image.new("1", (10_000, 10_000)).save(root / "bomb.png")  # 100 Mpx, ~20 kB on disk
+    (root / "photo.jfif").write_bytes(jpeg_bytes(cat.resize((300, 200)), quality=80))
+    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))
     (root / "readme.txt").write_text("not an image extension: never listed")
     return root
 

@@ -14,6 +14,18 @@ def test_json_list_and_json_lines(tmp_path, lines):
                                         {"imageName": "b.jpg", "productId": "X"}]
 
 
+def test_plain_mapping_and_a_single_record(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"a.jpg": 17, "sub/b.jpg": "X"}')
+    assert read_catalog(path).to_dict("records") == [{"imageName": "a.jpg", "productId": "17"},
+                                                     {"imageName": "sub/b.jpg", "productId": "X"}]
+    path.write_text('{"a.jpg": null}')
+    with pytest.raises(CatalogError, match="key 'a.jpg'.*empty productId"):
+        read_catalog(path)
+    path.write_text('{"imageName": "a.jpg", "productId": 1}\n')  # JSON lines with one line
+    assert read_catalog(path).to_dict("records") == [{"imageName": "a.jpg", "productId": "1"}]
+
+
 def test_bad_record_names_the_line(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"imageName": "a.jpg", "productId": 1}\n{"imageName": "b.jpg"}\n')

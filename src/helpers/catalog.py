@@ -1,6 +1,7 @@
 """The product catalog: ``image_data.json`` records mapping ``imageName`` to ``productId``.
 
-The file may be a JSON list or one JSON object per line (the reference's format).
+The file may be a JSON list of records, one record per line (the reference's format), or
+one JSON object mapping image names to product ids (``{"a.jpg": "p1", ...}``).
 ``imageName`` may be a path relative to ``image_dir``, a bare file name, or a file name
 without its extension (as the reference matched it); each entry is matched at the most
 specific level that points at exactly one image. Absolute paths, or paths under another
@@ -49,7 +50,11 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     text = path.read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
     records = []
-    if stripped.startswith("["):
+    mapping = _plain_mapping(stripped)
+    if mapping is not None:  # {"imageName": "productId", ...}
+        records = [{"imageName": name, "productId": pid} for name, pid in mapping.items()]
+        where = [f"key {name!r}" for name in mapping]
+    elif stripped.startswith("["):
         try:
             records = json.loads(stripped)
         except json.JSONDecodeError as exc:
@@ -75,6 +80,20 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
             raise CatalogError(f"{path}, {place}: empty productId for {record['imageName']!r}")
         rows.append((str(record["imageName"]).strip(), str(record["productId"]).strip()))
     return pd.DataFrame(rows, columns=["imageName", "productId"])
+
+
+def _plain_mapping(text: str) -> dict | None:
+    """The file as one JSON object of image name -> product id, or None when it is not that
+    (a list, JSON lines, or a single record with imageName / productId keys)."""
+    if not text.startswith("{"):
+        return None
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:  # several lines: JSON lines
+        return None
+    if not isinstance(whole, dict) or {"imageName", "productId"} & set(whole):
+        return None
+    return whole
 
 
 LEVELS = 4  # relative path, file name, name without extension, name cut at the first dot

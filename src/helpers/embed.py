@@ -13,7 +13,7 @@ import hashlib
 import os
 import platform
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +42,10 @@ class Decoded:
     reason: str = ""
 
 
+# what to do about a format this Pillow cannot read
+HINTS = {ext: " (HEIC/HEIF: pip install pillow-heif, or convert to JPEG)" for ext in (".heic", ".heif")}
+
+
 def read_and_decode(root: Path, rel_path: str, size: int, resize: str, max_pixels: int) -> Decoded:
     """Read one file, hash its bytes and decode it; failures become a ``reason``."""
     try:
@@ -52,7 +56,8 @@ def read_and_decode(root: Path, rel_path: str, size: int, resize: str, max_pixel
     try:
         pixels, (w, h) = images.decode_image(data, size, resize, max_pixels)
     except images.ImageError as exc:
-        return Decoded(rel_path, sha256=digest, reason=str(exc))
+        hint = HINTS.get(Path(rel_path).suffix.lower(), "") if "Pillow cannot read" in str(exc) else ""
+        return Decoded(rel_path, sha256=digest, reason=str(exc) + hint)
     except Exception as exc:  # a decoder bug on one hostile file must not stop the run
         return Decoded(rel_path, sha256=digest, reason=f"unexpected decoder error ({type(exc).__name__}: {exc})")
     return Decoded(rel_path, pixels, digest, w, h)
@@ -158,7 +163,8 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; must be at least 1")
     root, run_dir = Path(image_dir), Path(run_dir)
-    paths = images.list_images(root, recursive)
+    other_files = Counter()
+    paths = images.list_images(root, recursive, others=other_files)
     try:  # a run folder inside image_dir: its thumbnails and grids are not products
         inside = run_dir.resolve().relative_to(root.resolve()).as_posix() + "/"
         paths = [p for p in paths if not p.startswith(inside)]
@@ -283,6 +289,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "recursive": recursive,
         "batch_size": batch_size,
         "n_files": len(paths) + len(bad_names),
+        "other_files": dict(sorted(other_files.items())),  # not images by extension: never read
         "n_items": len(items),
         "n_products": int(items["productId"].nunique()),
         "n_skipped": len(skipped_frame),

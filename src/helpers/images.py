@@ -10,12 +10,16 @@ import io
 import math
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# listed as images; a file Pillow cannot read (e.g. HEIC without a plugin) is then skipped
+# with its reason in skipped.csv, never silently left out
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                    ".avif", ".heic", ".heif", ".jp2")
 RESIZE_MODES = ("crop", "pad", "squash")
 # Pillow's own decompression-bomb threshold (~89 Mpx, e.g. 9,500 x 9,500).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -26,8 +30,11 @@ class ImageError(ValueError):
     """An image file that cannot be used; ``str(error)`` is a plain-English reason."""
 
 
-def list_images(image_dir: str | Path, recursive: bool = True) -> list[str]:
-    """Relative POSIX paths of image files under ``image_dir``, sorted (case-insensitive ext)."""
+def list_images(image_dir: str | Path, recursive: bool = True, others: Counter | None = None) -> list[str]:
+    """Relative POSIX paths of image files under ``image_dir``, sorted (case-insensitive ext).
+
+    ``others``: a Counter that gets the extension of every other file (".txt", "" for none).
+    """
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"image_dir={str(image_dir)!r} is not a folder")
@@ -41,6 +48,8 @@ def list_images(image_dir: str | Path, recursive: bool = True) -> list[str]:
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((Path(folder) / name).relative_to(root).as_posix())
+            elif others is not None:
+                others[os.path.splitext(name)[1].lower()] += 1
     return sorted(found)
 
 
