@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from helpers import images  # noqa: F401  (registers the HEIC opener the fixtures write with)
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
 
@@ -48,13 +50,14 @@ GOOD = {
     "café ☕.jpg": "unicode file name",
     "rotated.jpg": "EXIF orientation 6",
     "photo.jfif": "JPEG with the .jfif extension",
+    "cat.heic": "HEIC (phone photo format)",
 }
 BAD = {
     "empty.jpg": "empty file",
     "truncated.jpg": "truncated",
     "notes.png": "not an image",
     "bomb.png": "too large",
-    "phone.heic": "HEIC: Pillow cannot read it without a plugin",
+    "broken.heic": "truncated HEIC",
 }
 
 
@@ -87,7 +90,10 @@ def hostile_dir(tmp_path_factory) -> Path:
     (root / "notes.png").write_text("this is not a picture\n")
     Image.new("1", (10_000, 10_000)).save(root / "bomb.png")  # 100 Mpx, ~20 kB on disk
     (root / "photo.jfif").write_bytes(jpeg_bytes(cat.resize((300, 200)), quality=80))
-    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))
+    heic = io.BytesIO()
+    cat.save(heic, "HEIF", quality=80)
+    (root / "cat.heic").write_bytes(heic.getvalue())
+    (root / "broken.heic").write_bytes(heic.getvalue()[:heic.tell() // 2])
     (root / "readme.txt").write_text("not an image extension: never listed")
     return root
 

@@ -42,8 +42,9 @@ class Decoded:
     reason: str = ""
 
 
-# what to do about a format this Pillow cannot read
-HINTS = {ext: " (HEIC/HEIF: pip install pillow-heif, or convert to JPEG)" for ext in (".heic", ".heif")}
+# what to do about a format this installation cannot read
+HINTS = {} if images.HEIF_SUPPORT else {
+    ext: " (HEIC/HEIF needs the pillow-heif package: pip install pillow-heif)" for ext in (".heic", ".heif")}
 
 
 def read_and_decode(root: Path, rel_path: str, size: int, resize: str, max_pixels: int) -> Decoded:

@@ -16,8 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# listed as images; a file Pillow cannot read (e.g. HEIC without a plugin) is then skipped
-# with its reason in skipped.csv, never silently left out
+try:  # HEIC/HEIF (phone photos): a dependency, but a missing one must not break the rest
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_SUPPORT = True
+except ImportError:
+    HEIF_SUPPORT = False
+
+# listed as images; a file Pillow cannot read is then skipped with its reason in
+# skipped.csv, never silently left out
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
                     ".avif", ".heic", ".heif", ".jp2")
 RESIZE_MODES = ("crop", "pad", "squash")
@@ -87,7 +95,7 @@ def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int =
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if "truncated" in str(exc).lower():
             raise ImageError("truncated file: the image data ends early") from None
-        raise ImageError(f"corrupt image data ({exc})") from None
+        raise ImageError(f"corrupt image data ({str(exc).strip()})") from None
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError("image has no pixels")
     return np.asarray(fit_square(rgb, size, resize)), (width, height)
