@@ -115,6 +115,11 @@ def test_near_duplicate_generator_labels(sources, tmp_path):
     # made again with fewer sources: no image of the first benchmark is left behind
     again = evaluate.make_near_duplicates(sources, paths[:1], tmp_path, variants_per_source=1)
     assert sorted(images.list_images(tmp_path)) == sorted(again["path"])
+    # nothing readable to start from (a run without images): said plainly, not found out later
+    (tmp_path / "junk.png").write_text("not a picture")
+    for nothing in ([], ["junk.png"]):
+        with pytest.raises(ValueError, match="no near-duplicate benchmark to build"):
+            evaluate.make_near_duplicates(tmp_path, nothing, tmp_path / "out")
 
 
 def test_background_swap_keeps_the_object_and_replaces_the_background(sources, tmp_path):

@@ -284,6 +284,9 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
             else:
                 picture.save(out / "images" / name)
             rows.append((f"images/{name}", group, transform, rel))
+    if not rows:
+        raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
+                         "images?): there is no near-duplicate benchmark to build")
     for d, rel in enumerate(distractors):
         try:
             with Image.open(image_dir / rel) as im:

@@ -71,7 +71,8 @@ def resolve_parameters(config: dict, notebooks: list[Path], base: Path) -> dict[
         )
     if "run_dir" not in config:
         raise ParameterError("run_dir is required (the folder this run writes to)")
-    values = dict(config)
+    # YAML spells nothing null or ~; the notebooks' (Python) None is accepted too
+    values = {name: None if value == "None" else value for name, value in config.items()}
     for name in PATH_PARAMETERS & set(values):
         if values[name] not in (None, ""):
             values[name] = str((base / str(values[name])).expanduser().resolve())
@@ -232,8 +233,8 @@ def write_sweep_page(root: Path, summary) -> Path:
 
 
 def parse_value(text: str):
-    """A command-line value read as YAML: 20 -> int, true -> bool, [1, 5] -> list."""
-    return yaml.safe_load(text)
+    """A command-line value read as YAML: 20 -> int, true -> bool, [1, 5] -> list, None -> None."""
+    return None if text.strip() == "None" else yaml.safe_load(text)
 
 
 def main(argv: list[str] | None = None) -> int:
