@@ -96,3 +96,17 @@ def test_gem_converts_only_the_feature_map():
     fresh = models.load_model("efficientnet-lite0")
     features.Embedder(fresh, "gem")(np.zeros((1, 224, 224, 3), np.uint8))
     assert fresh.runtime == "tflite" and list(fresh._converted) == ["feature_map"]
+
+
+def test_center_zoom_sees_a_product_in_a_scene_better_than_the_whole_picture(model):
+    """The cat pasted into the middle of the astronaut photo (a busy scene, the product filling
+    about 60% of the side): the centre-and-zoom vector is closer to the cat alone than the
+    whole-picture vector is, and closer than the one-pass centre weight."""
+    scene = photo("astronaut").resize((224, 224))
+    scene.paste(photo("chelsea").resize((134, 134)), (45, 45))
+    cat = np.asarray(photo("chelsea").resize((224, 224)))[None]
+    batch = np.asarray(scene)[None]
+    closeness = {focus: float(features.Embedder(model, "gem", focus)(batch)[0]
+                              @ features.Embedder(model, "gem", focus)(cat)[0])
+                 for focus in ("none", "center", "center-zoom")}
+    assert closeness["center-zoom"] > closeness["center"] > closeness["none"], closeness

@@ -13,6 +13,10 @@
 - ``focus="center"``: pool the feature map with a Gaussian centre weight (sigma = 1/7 of
   the picture, one cell of the 7x7 map): catalog photos centre the product, so what
   surrounds it (a new background, a scene with other things) counts less. One model pass.
+- ``focus="center-zoom"``: the normalised sum of two centre-weighted vectors, of the picture
+  and of its central ``ZOOM`` (75%) of the side, enlarged: the product seen at two scales
+  with less of the scene around it. Two model passes; the best on products pasted into busy
+  scenes (docs/benchmarks.md, "Quality").
 
 ``Embedder(model, pooling, focus)(batch)`` returns L2-normalised float32 vectors; the
 numbers behind the defaults are in docs/benchmarks.md ("Quality").
@@ -24,9 +28,10 @@ import numpy as np
 from .store import l2_normalise
 
 POOLINGS = ("auto", "avg", "gem")
-FOCUS = ("none", "object", "multi", "center")
+FOCUS = ("none", "object", "multi", "center", "center-zoom")
 GEM_P = 3.0
 CENTER_SIGMA = 1 / 7  # of the picture side
+ZOOM = 0.75  # center-zoom: side of the central square, as a share of the picture side
 
 
 def check_options(pooling: str, focus: str) -> None:
@@ -123,7 +128,7 @@ class Embedder:
         if self.pooling == "avg" and self.focus == "none":
             return self.model.embed(batch), None
         fmap = self.model.feature_map(batch)
-        weights = center_weights(*fmap.shape[1:3]) if self.focus == "center" else None
+        weights = center_weights(*fmap.shape[1:3]) if self.focus in ("center", "center-zoom") else None
         vectors = gem(fmap, weights=weights) if self.pooling == "gem" else _mean(fmap, weights)
         return vectors, fmap
 
@@ -132,6 +137,10 @@ class Embedder:
         whole = l2_normalise(np.asarray(whole, dtype=np.float32))
         if self.focus in ("none", "center"):
             return whole
+        if self.focus == "center-zoom":
+            margin = (1 - ZOOM) / 2
+            crops = crop_boxes(batch, np.tile([margin, margin, 1 - margin, 1 - margin], (len(batch), 1)))
+            return l2_normalise(whole + l2_normalise(np.asarray(self._pool(crops)[0], dtype=np.float32)))
         crops = crop_boxes(batch, object_boxes(fmap))
         obj = l2_normalise(np.asarray(self._pool(crops)[0], dtype=np.float32))
         return obj if self.focus == "object" else l2_normalise(whole + obj)
