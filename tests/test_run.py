@@ -97,10 +97,10 @@ def test_list_parameters_are_not_sweeps():
 
 
 def test_none_means_nothing_on_the_command_line_and_in_yaml(tmp_path):
-    assert run.parse_value("None") is None and run.parse_value("null") is None
+    assert run.parse_value("null") is None
     assert run.parse_value("20") == 20 and run.parse_value("[1, 5]") == [1, 5]
     notebook = run.NOTEBOOK_DIR / run.EMBED_NOTEBOOK
-    params = run.resolve_parameters({"run_dir": "x", "catalog": "None", "image_dir": "photos"},
+    params = run.resolve_parameters({"run_dir": "x", "catalog": run.parse_value("None"), "image_dir": "photos"},
                                     [notebook], tmp_path)[notebook]
     assert params["catalog"] is None  # not a file called "None"
     assert params["image_dir"] == str((tmp_path / "photos").resolve())

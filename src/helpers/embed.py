@@ -57,8 +57,7 @@ def read_and_decode(root: Path, rel_path: str, size: int, resize: str, max_pixel
     try:
         pixels, (w, h) = images.decode_image(data, size, resize, max_pixels)
     except images.ImageError as exc:
-        hint = HINTS.get(Path(rel_path).suffix.lower(), "") if "Pillow cannot read" in str(exc) else ""
-        return Decoded(rel_path, sha256=digest, reason=str(exc) + hint)
+        return Decoded(rel_path, sha256=digest, reason=str(exc) + HINTS.get(Path(rel_path).suffix.lower(), ""))
     except Exception as exc:  # a decoder bug on one hostile file must not stop the run
         return Decoded(rel_path, sha256=digest, reason=f"unexpected decoder error ({type(exc).__name__}: {exc})")
     return Decoded(rel_path, pixels, digest, w, h)

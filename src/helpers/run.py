@@ -233,8 +233,8 @@ def write_sweep_page(root: Path, summary) -> Path:
 
 
 def parse_value(text: str):
-    """A command-line value read as YAML: 20 -> int, true -> bool, [1, 5] -> list, None -> None."""
-    return None if text.strip() == "None" else yaml.safe_load(text)
+    """A command-line value read as YAML: 20 -> int, true -> bool, [1, 5] -> list."""
+    return yaml.safe_load(text)
 
 
 def main(argv: list[str] | None = None) -> int:
