@@ -10,8 +10,8 @@ model, cached under benchmarks/cache/. For each catalog size (the first N train 
       built on 64 PCA dimensions and candidates re-ranked by exact cosine (queries in
       parallel threads); (b') the same on full 1280-d vectors;
   (c) exact chunked search;
-  (d) auto: what 03_neighbors picks without a sweep (exact up to 10,000 items, else
-      Annoy with helpers.neighbors.AUTO_ANNOY);
+  (d) auto: what 03_neighbors picks without a sweep (exact up to 6,500 items, else
+      Annoy as helpers.neighbors.auto_choice sets it);
   (e) FAISS HNSW, Voyager and FAISS IVF-PQ (re-ranked), each at the cheapest setting of a
       small sweep that reaches recall 0.95.
 Each row: wall seconds (build + all-items top-20), peak RSS growth, recall@20 on 1,000
@@ -34,7 +34,7 @@ from embed_throughput import machine  # noqa: E402
 from helpers import fashion_mnist  # noqa: E402
 from helpers.embed import embed_pixels  # noqa: E402
 from helpers.index import AnnoyIndex, ExactIndex, build_index, recall_at_k  # noqa: E402
-from helpers.neighbors import AUTO_ANNOY, AUTO_EXACT_MAX_ITEMS  # noqa: E402
+from helpers.neighbors import auto_choice  # noqa: E402
 from helpers.sweep import cheapest, peak_memory, run_sweep, settings_of  # noqa: E402
 
 K = 20
@@ -98,10 +98,11 @@ def measure(vectors: np.ndarray, sample: np.ndarray, truth: np.ndarray, budget_s
             continue
         rows.append(annoy_row(label, {"n_trees": int(best["n_trees"]), "search_k": int(best["search_k"]),
                                       "pca_dims": pca_dims}))
-    if n <= AUTO_EXACT_MAX_ITEMS:
+    choice = auto_choice(n, vectors.nbytes)
+    if choice.pop("backend") == "exact":
         rows.append({**rows[0], "config": "(d) auto -> exact"})
     else:
-        rows.append(annoy_row("(d) auto", AUTO_ANNOY))
+        rows.append(annoy_row("(d) auto", choice))
     if reference_forest:
         rows.append(reference(vectors, sample, truth, budget_seconds))
     return rows

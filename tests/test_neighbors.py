@@ -179,6 +179,8 @@ def test_auto_choice_by_catalog_size_and_memory():
     gb = 10 ** 9
     assert auto_choice(5_000, 5_000 * 5120, 24 * gb) == {"backend": "exact"}
     assert auto_choice(60_000, 60_000 * 5120, 24 * gb)["backend"] == "annoy"
+    # Annoy searches more of a bigger forest: recall stays about the same as N grows
+    assert auto_choice(10_000, 0, 24 * gb)["search_k"] < auto_choice(60_000, 0, 24 * gb)["search_k"]
     # a million items: Annoy's trees miss half the neighbours there; the graph fits in 24 GB
     assert auto_choice(1_000_000, 1_000_000 * 5120, 24 * gb) == {"backend": "faiss-hnsw", "M": 16, "ef": 128}
     # ten million: the graph's float32 copy (51 GB) does not fit: the compressed index

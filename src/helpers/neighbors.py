@@ -21,9 +21,11 @@ LEVELS = ("image", "product")
 # product level: extra candidates per item for products with several images (see fetch_size);
 # a list may come out shorter than k when its neighbours have more images than this
 MAX_SPARE_IMAGES = 9
-AUTO_EXACT_MAX_ITEMS = 10_000  # the measured crossover of exact and Annoy on 2 cores (docs/benchmarks.md)
-# Annoy for "auto" beyond that, without a sweep: recall@20 0.95 on 60k real embeddings (benchmarks)
-AUTO_ANNOY = {"n_trees": 10, "search_k": 2500, "pca_dims": 64}
+AUTO_EXACT_MAX_ITEMS = 6_500  # the measured crossover of exact and Annoy on 2 cores (docs/benchmarks.md)
+# Annoy for "auto" beyond that, without a sweep, search_k = AUTO_SEARCH_K_PER_ROOT * sqrt(N):
+# recall@20 0.957-0.966 on 7k-60k real embeddings, as fast as 02's recommendation (benchmarks)
+AUTO_ANNOY = {"n_trees": 10, "pca_dims": 64}
+AUTO_SEARCH_K_PER_ROOT = 12
 # ... but at a million items those trees find half the true neighbours (docs/scaling.md): beyond
 # this size "auto" takes an HNSW graph (recall 0.97 at 1M), or compressed IVF-PQ (0.92 at 1M)
 # when the graph's float32 copy of the vectors would not fit in memory. Measured at 60k (Annoy
@@ -38,7 +40,8 @@ def auto_choice(n_items: int, vector_bytes: int, available_bytes: int | None = N
     if n_items <= AUTO_EXACT_MAX_ITEMS:
         return {"backend": "exact"}
     if n_items <= AUTO_ANNOY_MAX_ITEMS:
-        return {"backend": "annoy", **AUTO_ANNOY}
+        search_k = int(round(AUTO_SEARCH_K_PER_ROOT * np.sqrt(n_items), -2))
+        return {"backend": "annoy", **AUTO_ANNOY, "search_k": search_k}
     if available_bytes is None:
         available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if 1.1 * vector_bytes < 0.7 * available_bytes:  # the graph holds a float32 copy plus links
@@ -291,7 +294,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
 
     backend "auto": 02's recommendation (index_choice.json) if present, else ``auto_choice``:
-    exact search up to 10,000 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph,
+    exact search up to 6,500 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph,
     or IVF-PQ when the graph would not fit in memory. Settings not given (``n_trees``,
     ``search_k``, ``pca_dims`` for Annoy; ``index_params`` for any backend, e.g.
     ``{"nprobe": 32}`` or ``{"M": 32, "ef": 128}``, see ``index.PARAMETERS``) come from
