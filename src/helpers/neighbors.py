@@ -47,6 +47,8 @@ def auto_choice(n_items: int, vector_bytes: int, available_bytes: int | None = N
     if 1.1 * vector_bytes < 0.7 * available_bytes:  # the graph holds a float32 copy plus links
         return {"backend": "faiss-hnsw", **AUTO_HNSW}
     return {"backend": "faiss-ivfpq", **AUTO_IVFPQ}
+
+
 COLUMNS = ["master_pi", "rank", "similar_pi", "similarity", "master_path", "similar_path"]
 
 
