@@ -136,6 +136,27 @@ def test_background_swap_keeps_the_object_and_replaces_the_background(sources, t
     assert np.abs(corners.astype(int) - 255).max() > 30  # the white background is gone
 
 
+def test_sources_are_read_upright_and_bad_background_photos_are_passed_over(tmp_path):
+    src, backgrounds = tmp_path / "src", tmp_path / "backgrounds"
+    src.mkdir(), backgrounds.mkdir()
+    # a phone photo stored sideways (EXIF orientation 6: turn 90 degrees clockwise to view)
+    upright = photo("chelsea").resize((300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.ROTATE_90).save(src / "sideways.jpg", exif=exif, quality=95)
+    Image.new("RGB", (3000, 1500), "navy").save(src / "big.png")  # shrunk to SOURCE_MAX_SIDE
+    photo("coffee").save(backgrounds / "good.jpg")
+    (backgrounds / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    labels = evaluate.make_near_duplicates(src, ["sideways.jpg", "big.png"], tmp_path / "out",
+                                           variants_per_source=7, backgrounds=backgrounds, seed=3)
+    by_name = labels.set_index(["source", "transform"])["path"]
+    copy = Image.open(tmp_path / "out" / by_name["sideways.jpg", "source"])
+    assert copy.size == (300, 200)  # as the photo is viewed, not as it is stored
+    assert np.abs(np.asarray(copy, float) - np.asarray(upright, float)).mean() < 8
+    assert Image.open(tmp_path / "out" / by_name["big.png", "source"]).size == (1024, 512)
+    assert (labels["transform"] == "background").sum() == 2  # made despite the broken photo
+
+
 def test_split_sources_avoids_lookalikes():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(50, 32))

@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -46,6 +48,17 @@ def test_pixel_cap_is_a_parameter():
     images.decode_image(data, 32, max_pixels=10_000)
     with pytest.raises(images.ImageError, match="max_pixels"):
         images.decode_image(data, 32, max_pixels=9_999)
+
+
+def test_a_header_too_large_for_pillow_is_refused_with_a_reason():
+    # a 200,000 x 200,000 PNG header: Pillow refuses to open it before we can see the size
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 200_000, 200_000, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    with pytest.raises(images.ImageError, match="too large.*decompression bomb"):
+        images.decode_image(data, 224)
 
 
 def test_exif_orientation_applied():

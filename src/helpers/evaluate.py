@@ -28,6 +28,7 @@ from . import images
 from .index import ExactIndex
 
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
+SOURCE_MAX_SIDE = 1024  # benchmark copies of bigger images are shrunk: the model sees 224-260 px
 
 
 # ---------------------------------------------------------------- metrics
@@ -246,7 +247,9 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     differ from the colour along its border). Backgrounds are zoomed-in regions of the image
     files in ``backgrounds`` when given, else generated (gradients, stripes, textures, clutter).
     ``distractors`` (paths under ``image_dir``) are copied as unrelated images (transform
-    "distractor"): they make the gallery bigger and are never right.
+    "distractor"): they make the gallery bigger and are never right. Images are read upright
+    (EXIF orientation) and shrunk to at most ``SOURCE_MAX_SIDE`` px; unreadable ones are left
+    out (an unreadable background photo gives way to a generated background).
 
     Writes the images (replacing any earlier ones in ``out_dir/images``), ``labels.csv`` (path, group, transform, source, productId) and
     ``image_data.json`` (JSON lines: every image its own productId), and returns labels.
@@ -265,11 +268,10 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     for g, rel in enumerate(paths):
         group = f"G{g:05d}"
         try:
-            with Image.open(image_dir / rel) as im:
-                im.load()
-                source = _rgba(im)
+            source = _rgba(images.open_image(image_dir / rel))
         except Exception:  # an unreadable source is left out, the benchmark goes on
             continue
+        source.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.LANCZOS)
         name = f"{group}_source.png"
         images.to_rgb(source).save(out / "images" / name)
         rows.append((f"images/{name}", group, "source", rel))
@@ -289,11 +291,10 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
                          "images?): there is no near-duplicate benchmark to build")
     for d, rel in enumerate(distractors):
         try:
-            with Image.open(image_dir / rel) as im:
-                im.load()
-                picture = images.to_rgb(im).copy()
+            picture = images.to_rgb(images.open_image(image_dir / rel))
         except Exception:
             continue
+        picture.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.LANCZOS)
         name = f"D{d:05d}_distractor.png"
         picture.save(out / "images" / name)
         rows.append((f"images/{name}", f"D{d:05d}", "distractor", rel))
@@ -369,14 +370,18 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
         return flat.rotate(angle, Image.BICUBIC, fillcolor=fill), "png"
     # background: the object, re-framed (60-100% size, anywhere), on a new background
     mask = Image.fromarray(foreground_mask(source).astype(np.uint8) * 255, "L")
+    canvas = None
     if photo_backgrounds:
         path = photo_backgrounds[int(rng.integers(len(photo_backgrounds)))]
-        with Image.open(Path(backgrounds) / path) as bg:
-            bg = images.to_rgb(bg)
+        try:
+            bg = images.to_rgb(images.open_image(Path(backgrounds) / path))
+        except images.ImageError:
+            bg = None
+        if bg is not None:
             side = min(bg.size) * math.sqrt(rng.uniform(0.25, 0.6))  # a zoomed-in region of the photo
             left, top = rng.uniform(0, bg.width - side), rng.uniform(0, bg.height - side)
             canvas = bg.resize((w, h), Image.BICUBIC, box=(left, top, left + side, top + side))
-    else:
+    if canvas is None:
         canvas = synthetic_background(w, h, rng)
     scale = rng.uniform(0.6, 1.0)
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))

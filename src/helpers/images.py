@@ -70,6 +70,23 @@ def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int =
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize={resize!r}; choose one of {RESIZE_MODES}")
+    rgb, shown = _open(data, max_pixels, lambda im: _draft(im, size, resize), to_rgb)
+    return np.asarray(fit_square(rgb, size, resize)), shown
+
+
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A file as an upright, loaded PIL image in its own mode (alpha kept).
+    Raises ImageError with the reason, like decode_image."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read the file ({exc.strerror or exc})") from None
+    return _open(data, max_pixels)[0]
+
+
+def _open(data: bytes, max_pixels: int, draft=None, convert=None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode bytes into a loaded, upright image (then ``convert(im)``) and its (w, h) as
+    displayed; every problem becomes an ImageError with a plain reason."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -79,26 +96,28 @@ def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int =
             width, height = im.size
             if width * height > max_pixels:
                 raise ImageError(_too_large(width, height, max_pixels))
-            _draft(im, size, resize)
+            if draft is not None:
+                draft(im)
             im.load()
             turned = im.size
             im = _upright(im)
             if im.size != turned:  # rotated by 90 degrees: report the size as displayed
                 width, height = height, width
-            rgb = to_rgb(im)
+            if convert is not None:
+                im = convert(im)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow cannot read") from None
-    except Image.DecompressionBombError:
-        raise ImageError(_too_large(*im.size, max_pixels)) from None
+    except Image.DecompressionBombError as exc:  # Pillow refuses before we see the size
+        raise ImageError(f"too large: {str(exc).strip()}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if "truncated" in str(exc).lower():
             raise ImageError("truncated file: the image data ends early") from None
         raise ImageError(f"corrupt image data ({str(exc).strip()})") from None
-    if rgb.width < 1 or rgb.height < 1:
+    if im.width < 1 or im.height < 1:
         raise ImageError("image has no pixels")
-    return np.asarray(fit_square(rgb, size, resize)), (width, height)
+    return im, (width, height)
 
 
 def _too_large(width: int, height: int, max_pixels: int) -> str:
