@@ -196,8 +196,10 @@ def test_labels_benchmark_on_a_real_run(tiny_run, tmp_path):
     """A user's CSV: every photo and its cropped copy share a label; an unlabelled image
     stays in as a distractor, a label missing from the run is ignored."""
     run_dir, _ = tiny_run
-    rows = ["imageName,label"] + [f"{n}{s},{n}" for n in ("chelsea", "coffee", "astronaut") for s in
-                                  (".jpg", "_copy.png")] + ["not_in_run.jpg,ghost"]
+    # written by hand: spaces after commas, "./" in front of some names
+    rows = ["imageName, label"] + [f"{'./' if s == '.jpg' else ''}{n}{s}, {n}"
+                                   for n in ("chelsea", "coffee", "astronaut") for s in (".jpg", "_copy.png")]
+    rows += ["not_in_run.jpg,ghost"]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     result = evaluate.run_labels(run_dir, tmp_path / "labels.csv", k=3, n_queries=100)
     per_query = result["per_query"]

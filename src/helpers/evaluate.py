@@ -462,12 +462,15 @@ def labels_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels_csv: st
     Labelled images query the whole run; unlabelled images stay in the gallery as
     distractors (they are never right).
     """
-    table = pd.read_csv(labels_csv, dtype=str)
+    table = pd.read_csv(labels_csv, dtype=str, skipinitialspace=True)
+    table.columns = table.columns.str.strip()
     key = "path" if "path" in table.columns else "imageName" if "imageName" in table.columns else None
     if key is None or "label" not in table.columns:
         raise ValueError(f"{labels_csv}: needs a 'label' column and a 'path' or 'imageName' column; "
                          f"found {list(table.columns)}")
-    lookup = dict(zip(table[key], table["label"]))
+    # "./shoes/a.jpg" or "shoes\\a.jpg" name the run's "shoes/a.jpg"
+    names = table[key].str.strip().str.replace("\\", "/", regex=False).str.replace(r"^(\./)+", "", regex=True)
+    lookup = dict(zip(names, table["label"].str.strip()))
     gallery_labels = items[key].map(lookup).to_numpy(dtype=object)
     labelled = np.flatnonzero(pd.notna(gallery_labels))
     if not len(labelled):
