@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from helpers.index import AnnoyIndex
 from helpers.neighbors import near_duplicates, neighbor_table, truncate4, write_nearest_neighbors_json
@@ -136,6 +137,30 @@ def test_search_by_image_finds_the_catalog_product(hostile_run_dir):
     table = search_by_image(hostile_run_dir, [query], k=3)
     assert table["similar_path"].iloc[0] in {"coffee.PNG", "café ☕.jpg", "coffee_palette.gif"}
     assert table["rank"].tolist() == [1, 2, 3] and table["similarity"].is_monotonic_decreasing
+
+
+def test_search_by_image_lists_products_once_and_skips_unreadable_photos(tiny_catalog, tmp_path):
+    """Each photo and its cropped copy are one product here: two images per product."""
+    from conftest import PHOTOS, write_catalog
+    from helpers import embed
+    from helpers.neighbors import search_by_image
+
+    write_catalog(tmp_path / "image_data.json", [{"imageName": f"{n}{s}", "productId": n}
+                                                 for n in PHOTOS for s in (".jpg", "_copy.png")])
+    embed.embed_folder(tiny_catalog, tmp_path / "run", catalog=tmp_path / "image_data.json", progress=False)
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    queries = [tiny_catalog / "coffee.jpg", tmp_path / "broken.jpg", tmp_path / "missing.jpg"]
+    with pytest.warns(UserWarning) as caught:
+        table = search_by_image(tmp_path / "run", queries, k=3)
+    said = " ".join(str(w.message) for w in caught)
+    assert "broken.jpg: not an image" in said and "missing.jpg: No such file" in said
+    assert table["query"].unique().tolist() == [str(queries[0])]  # the good photo is still answered
+    assert table["similar_pi"].tolist()[0] == "coffee" and table["similar_pi"].is_unique
+    assert table["rank"].tolist() == [1, 2, 3]
+    images = search_by_image(tmp_path / "run", queries[:1], k=3, level="image")
+    assert images["similar_pi"].tolist()[:2] == ["coffee", "coffee"]  # the photo and its copy
+    with pytest.warns(UserWarning):
+        assert search_by_image(tmp_path / "run", queries[1:]).empty
 
 
 def test_expand_averages_with_the_first_neighbours():

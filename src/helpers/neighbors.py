@@ -152,13 +152,17 @@ def near_duplicates(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return out.drop_duplicates(["product_a", "product_b"]).reset_index(drop=True)
 
 
-def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> pd.DataFrame:
+def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, level: str = "product") -> pd.DataFrame:
     """Top-k catalog products for photos that are not in the catalog (paths or arrays).
 
     The photos are embedded with the run's own model, resize mode, pooling and focus, and
     whitened with the run's own whitening, so they are comparable with its store;
-    ``index`` defaults to exact search.
+    ``index`` defaults to exact search. At ``level="product"`` (as 03) a product with several
+    images is listed once, by its most similar image. A file that cannot be read is skipped
+    with a warning naming it; the other photos are still answered.
     """
+    import warnings
+
     from PIL import Image
 
     from . import images
@@ -166,29 +170,45 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None) -> p
     from .index import ExactIndex
     from .models import load_model
 
+    columns = ["query", "rank", "similar_pi", "similarity", "similar_path"]
     embeddings, items, meta = store.load_store(run_dir)
+    fetch = fetch_size(items, k, level)
     model = Embedder(load_model(meta["model_handle"]), meta.get("pooling", "avg"), meta.get("focus", "none"))
     labels, batch = [], []
     for i, p in enumerate(pictures):
         if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
+            try:
+                batch.append(images.decode_image(Path(p).read_bytes(), model.image_size, meta["resize"])[0])
+            except (OSError, images.ImageError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                warnings.warn(f"{p}: {reason}; skipped", stacklevel=2)
+                continue
             labels.append(str(p))
-            batch.append(images.decode_image(Path(p).read_bytes(), model.image_size, meta["resize"])[0])
         else:
             labels.append(f"query {i}")
             picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
             batch.append(np.asarray(images.fit_square(images.to_rgb(picture), model.image_size, meta["resize"])))
+    if not batch:
+        return pd.DataFrame(columns=columns)
     vectors = model(np.stack(batch))
     if meta.get("postprocess", "none") == "whiten":
         from . import whitening
 
         vectors = whitening.Whitening.load(whitening.path_in(run_dir)).apply(vectors)
-    idx, _ = (index or ExactIndex(embeddings)).search(vectors, k)
+    idx, _ = (index or ExactIndex(embeddings)).search(vectors, min(fetch, len(items)))
+    products, paths = items["productId"].astype(str).to_numpy(), items["path"].to_numpy()
     rows = []
     for q, (label, found) in enumerate(zip(labels, idx)):
-        for rank, n in enumerate(found[found >= 0], 1):
-            rows.append((label, rank, items["productId"].iat[n], float(vectors[q] @ embeddings[n]),
-                         items["path"].iat[n]))
-    table = pd.DataFrame(rows, columns=["query", "rank", "similar_pi", "similarity", "similar_path"])
+        listed, rank = set(), 0
+        for n in found[found >= 0]:
+            if level == "product" and products[n] in listed:
+                continue  # another image of a product already listed, less similar
+            listed.add(products[n])
+            rank += 1
+            rows.append((label, rank, products[n], float(vectors[q] @ embeddings[n]), paths[n]))
+            if rank == k:
+                break
+    table = pd.DataFrame(rows, columns=columns)
     table["similarity"] = truncate4(table["similarity"])
     return table
 
