@@ -22,6 +22,9 @@ def test_plain_mapping_and_a_single_record(tmp_path):
     path.write_text('{"a.jpg": null}')
     with pytest.raises(CatalogError, match="key 'a.jpg'.*empty productId"):
         read_catalog(path)
+    path.write_text('{"images": [{"imageName": "a.jpg", "productId": 1}]}')  # wrapped in an object
+    with pytest.raises(CatalogError, match="key 'images' holds a list; expected JSON lines"):
+        read_catalog(path)
     path.write_text('{"imageName": "a.jpg", "productId": 1}\n')  # JSON lines with one line
     assert read_catalog(path).to_dict("records") == [{"imageName": "a.jpg", "productId": "1"}]
 

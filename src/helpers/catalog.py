@@ -52,6 +52,11 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     records = []
     mapping = _plain_mapping(stripped)
     if mapping is not None:  # {"imageName": "productId", ...}
+        nested = next((name for name, pid in mapping.items() if isinstance(pid, (dict, list))), None)
+        if nested is not None:
+            raise CatalogError(f"{path}: key {nested!r} holds a {type(mapping[nested]).__name__}; expected "
+                               "JSON lines or a list of {\"imageName\": ..., \"productId\": ...} records, "
+                               "or one object mapping image names to product ids")
         records = [{"imageName": name, "productId": pid} for name, pid in mapping.items()]
         where = [f"key {name!r}" for name in mapping]
     elif stripped.startswith("["):
