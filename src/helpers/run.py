@@ -109,7 +109,8 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
         print(f"running {nb.name} -> {executed}", flush=True)
         try:
             pm.execute_notebook(str(nb), str(executed), parameters=per_notebook[nb],
-                                cwd=str(NOTEBOOK_DIR), progress_bar=False)
+                                cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                                kernel_manager_class=_quiet_kernel_manager())
         except pm.PapermillExecutionError as exc:
             html = report.notebook_to_html(executed)
             message = f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
@@ -119,6 +120,20 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
         done.append({"name": nb.stem, "html": report.notebook_to_html(executed), "status": "ok"})
     report.write_report(run_dir, config, done)
     return run_dir
+
+
+def _quiet_kernel_manager():
+    """jupyter_client's kernel manager, without the interrupt it sends a finished notebook's
+    idle kernel before shutting it down: the kernel logs that interrupt as
+    "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" after a successful run."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietShutdown(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not getattr(self, "shutting_down", False):
+                await super()._async_interrupt_kernel()
+
+    return QuietShutdown
 
 
 def expand_sweep(config: dict, notebooks: list[Path] | None = None) -> list[dict]:
