@@ -45,9 +45,11 @@ ND_OPTIONS_ALL = [  # (row name, embedding options, query expansion)
     ("gem + whiten", dict(pooling="gem", postprocess="whiten"), 0),
     ("gem + query expansion 1", dict(pooling="gem"), 1),
     ("efficientnet-lite2, gem", dict(model_handle="efficientnet-lite2", pooling="gem"), 0),
+    ("gem, int8", dict(pooling="gem", precision="int8"), 0),
 ]
 ND_OPTIONS = ND_OPTIONS_ALL
-SCENE_OPTIONS = [row for row in ND_OPTIONS_ALL if row[0].startswith(("whole", "letterbox", "gem (", "avg + focus", "gem + focus"))]
+SCENE_OPTIONS = [row for row in ND_OPTIONS_ALL
+                 if row[0].startswith(("whole", "letterbox", "gem (", "avg + focus", "gem + focus", "gem, int8"))]
 FM_OPTIONS = [
     ("avg, crop (before)", dict(pooling="avg", resize="crop"), 0),
     ("gem, crop (default)", dict(pooling="gem", resize="crop"), 0),
@@ -59,6 +61,8 @@ FM_OPTIONS = [
     ("gem, crop + query expansion 1", dict(pooling="gem", resize="crop"), 1),
     ("gem, squash + query expansion 1", dict(pooling="gem", resize="squash"), 1),
     ("efficientnet-lite2, gem, crop", dict(model_handle="efficientnet-lite2", pooling="gem", resize="crop"), 0),
+    ("gem, crop, int8", dict(pooling="gem", resize="crop", precision="int8"), 0),
+    ("gem, squash, int8", dict(pooling="gem", resize="squash", precision="int8"), 0),
 ]
 
 
@@ -78,14 +82,19 @@ def fluent_catalog() -> Path:
     return folder
 
 
-def near_duplicates(catalog: str, work: Path, scene_backgrounds: bool = False) -> list[dict]:
+def chosen(rows: list, only: list[str] | None) -> list:
+    """The option rows whose name contains one of ``only`` (all rows when None)."""
+    return rows if not only else [row for row in rows if any(part in row[0] for part in only)]
+
+
+def near_duplicates(catalog: str, work: Path, scene_backgrounds: bool = False, only=None) -> list[dict]:
     image_dir, n_sources = (ROOT / "data" / "sample", 300) if catalog == "sample" else (fluent_catalog(), 300)
     base = work / catalog
     embed.embed_folder(image_dir, base, progress=False)  # the catalog run sources are picked from
     # harder background swaps: the product pasted onto a zoomed-in picture of other products
     backgrounds = image_dir if scene_backgrounds else None
     rows, reference_speed = [], None
-    for name, options, qe in (SCENE_OPTIONS if scene_backgrounds else ND_OPTIONS):
+    for name, options, qe in chosen(SCENE_OPTIONS if scene_backgrounds else ND_OPTIONS, only):
         shutil.rmtree(base / "benchmark_near_duplicates", ignore_errors=True)
         started = time.perf_counter()
         result = evaluate.run_near_duplicates(base, n_sources=n_sources, query_expansion=qe, progress=False,
@@ -104,7 +113,7 @@ def near_duplicates(catalog: str, work: Path, scene_backgrounds: bool = False) -
     return rows
 
 
-def fashion_mnist(n_queries: int, n_gallery: int | None, work: Path) -> list[dict]:
+def fashion_mnist(n_queries: int, n_gallery: int | None, work: Path, only=None) -> list[dict]:
     rows = []
 
     def pixels(pictures):
@@ -113,7 +122,7 @@ def fashion_mnist(n_queries: int, n_gallery: int | None, work: Path) -> list[dic
 
     result = evaluate.fashion_mnist_benchmark(pixels, n_queries=n_queries, n_gallery=n_gallery)
     rows.append(_fm_row("raw pixels", result, None))
-    for name, options, qe in FM_OPTIONS:
+    for name, options, qe in chosen(FM_OPTIONS, only):
         started = time.perf_counter()
         result = evaluate.run_fashion_mnist(work, n_queries=n_queries, n_gallery=n_gallery, query_expansion=qe,
                                             progress=False, **options)
@@ -139,14 +148,17 @@ def main() -> None:
                         help="background swaps onto other catalog pictures instead of generated backgrounds")
     parser.add_argument("--n-queries", type=int, default=1000)
     parser.add_argument("--n-gallery", type=int, default=None)
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="only the option rows whose name contains one of these (speeds are then "
+                             "relative to the first row run)")
     args = parser.parse_args()
     print(json.dumps({"machine": machine()}))
     with tempfile.TemporaryDirectory() as tmp:
         if args.benchmark == "near-duplicates":
             for catalog in (["sample", "fluent"] if args.catalog == "both" else [args.catalog]):
-                near_duplicates(catalog, Path(tmp), args.scene_backgrounds)
+                near_duplicates(catalog, Path(tmp), args.scene_backgrounds, args.only)
         else:
-            fashion_mnist(args.n_queries, args.n_gallery, Path(tmp))
+            fashion_mnist(args.n_queries, args.n_gallery, Path(tmp), args.only)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
     assert padded["previous_store"].startswith("replaced")
     embed_folder(catalog_dir, tmp_path / "pad", resize="pad", progress=False)
     assert_same_store(tmp_path / "run", tmp_path / "pad")
+    quantised = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision="int8", progress=False)
+    assert quantised["n_reused"] == 0 and quantised["previous_store"].startswith("replaced")
+    assert quantised["precision"] == "int8"
 
 
 def start_embedding(image_dir, run_dir):

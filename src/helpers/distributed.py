@@ -45,8 +45,9 @@ class EmbedActor:
         if cache:  # where the driver keeps converted models (same path on a shared disk)
             os.environ.setdefault("LOOKALIKE_CACHE", cache)
         self.root, self.options = Path(root), options
-        self.model = Embedder(load_model(options["model_handle"], options["runtime"], threads=1),
-                              options["pooling"], options["focus"])
+        self.model = Embedder(load_model(options["model_handle"], options["runtime"], threads=1,
+                                         precision=options["precision"]),
+                              options["pooling"], options["focus"]).warm_up()
 
     def __call__(self, batch: dict) -> dict:
         from .embed import read_and_decode

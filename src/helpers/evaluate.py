@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from . import images
+from . import images, synthetic
 from .index import ExactIndex
 
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
@@ -382,47 +382,12 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
             left, top = rng.uniform(0, bg.width - side), rng.uniform(0, bg.height - side)
             canvas = bg.resize((w, h), Image.BICUBIC, box=(left, top, left + side, top + side))
     if canvas is None:
-        canvas = synthetic_background(w, h, rng)
+        canvas = synthetic.background(w, h, rng)
     scale = rng.uniform(0.6, 1.0)
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
     left, top = int(rng.integers(0, w - sw + 1)), int(rng.integers(0, h - sh + 1))
     canvas.paste(flat.resize((sw, sh), Image.BICUBIC), (left, top), mask.resize((sw, sh), Image.BILINEAR))
     return canvas, "jpg"
-
-
-def synthetic_background(w: int, h: int, rng) -> Image.Image:
-    """A plausible product-photo background: gradient, stripes, a soft noise texture or
-    a cluttered scene of random shapes."""
-    from PIL import ImageDraw, ImageFilter
-
-    base = rng.integers(30, 230, size=3).astype(np.float64)
-    other = np.clip(base + rng.normal(0, 60, size=3), 0, 255)
-    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    kind = rng.integers(4)
-    if kind == 3:  # clutter: overlapping shapes, softly blurred like an out-of-focus scene
-        scene = Image.new("RGB", (w, h), tuple(int(c) for c in base))
-        draw = ImageDraw.Draw(scene)
-        for _ in range(int(rng.integers(8, 20))):
-            x0, y0 = rng.uniform(-0.2, 1.0, size=2) * (w, h)
-            x1, y1 = (x0, y0) + rng.uniform(0.1, 0.6, size=2) * (w, h)
-            shape = draw.ellipse if rng.integers(2) else draw.rectangle
-            shape((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
-        return scene.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 3))))
-    if kind == 0:  # linear gradient in a random direction
-        angle = rng.uniform(0, 2 * np.pi)
-        t = (np.cos(angle) * xx + np.sin(angle) * yy)
-        t = (t - t.min()) / max(1e-9, np.ptp(t))
-    elif kind == 1:  # stripes or planks
-        period = rng.uniform(0.08, 0.3)
-        t = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * (xx if rng.integers(2) else yy) / period))
-        t = 0.7 * t + 0.3 * rng.random((h, w))
-    else:  # blotchy texture: upsampled noise
-        small = rng.random((max(2, h // 24), max(2, w // 24)))
-        t = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC),
-                       dtype=np.float64) / 255.0
-    pixels = base[None, None, :] * (1 - t[..., None]) + other[None, None, :] * t[..., None]
-    pixels += rng.normal(0, 6, size=pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
 def near_duplicate_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels: pd.DataFrame,
@@ -498,7 +463,7 @@ def check_benchmarks(benchmark) -> list[str]:
     if unknown or not names:
         raise ValueError(f"benchmark={benchmark!r}; choose from {BENCHMARKS} (one name or a list)")
     return names
-OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "postprocess")
+OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "precision", "postprocess")
 
 
 def embedding_options(run_dir: str | Path, **overrides) -> dict:
@@ -507,7 +472,7 @@ def embedding_options(run_dir: str | Path, **overrides) -> dict:
 
     meta = store.load_meta(run_dir) if (Path(run_dir) / store.META).exists() else {}
     defaults = {"model_handle": "efficientnet-lite0", "resize": "crop", "pooling": "avg",  # as before 05 existed
-                "focus": "none", "postprocess": "none"}
+                "focus": "none", "precision": "float32", "postprocess": "none"}
     options = {name: meta.get(name, defaults[name]) for name in OPTION_NAMES}
     options.update({name: value for name, value in overrides.items() if value is not None})
     from .features import resolve_pooling
@@ -579,7 +544,8 @@ def fashion_mnist_embedder(options: dict, batch_size: int = 64, progress: bool =
 
     def run(pictures: np.ndarray) -> np.ndarray:
         if "model" not in state:
-            state["model"] = Embedder(load_model(options["model_handle"]), options["pooling"], options["focus"])
+            state["model"] = Embedder(load_model(options["model_handle"], precision=options["precision"]),
+                                      options["pooling"], options["focus"])
         rgb = np.repeat(np.asarray(pictures)[..., None], 3, axis=-1)
         return embed.embed_pixels(rgb, resize=options["resize"], model=state["model"],
                                   batch_size=batch_size, progress=progress)
@@ -596,6 +562,7 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
 
     options = embedding_options(run_dir, **options)
     key = "-".join(str(options[n]) for n in ("model_handle", "resize", "pooling", "focus"))
+    key += "-int8" if options["precision"] == "int8" else ""  # float32 keeps the keys it had
     key += f"-v{CONVERSION_VERSION}"  # a rebuilt model must not reuse old vectors
     key = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     if data_dir is not None:  # another copy of the data set gets its own cache

@@ -112,6 +112,12 @@ class Embedder:
         if (pooling, focus) != ("avg", "none"):
             model.require_feature_map()
 
+    def warm_up(self) -> "Embedder":
+        """Run one blank picture through, so one-off work (the TFLite conversion, 2-10 s)
+        is done now and not counted as embedding time."""
+        self(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+        return self
+
     @property
     def image_size(self) -> int:
         return self.model.image_size

@@ -23,6 +23,10 @@ from .torch_weights import load_state_dict
 
 DEFAULT_MODEL = "efficientnet-lite0"
 RUNTIMES = ("auto", "tf", "tflite")
+# "int8": weights and activations quantised by TFLite (calibrated on ``synthetic.calibration_images``):
+# about 2x the model's speed here (AVX-512 VNNI), vectors at cosine ~0.98 to float32's, the same
+# benchmark figures (docs/benchmarks.md). Other vectors than float32's, so a store never mixes them.
+PRECISIONS = ("float32", "int8")
 TFLITE_MICRO_BATCH = 1
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
 CONVERSION_VERSION = 2
@@ -66,13 +70,15 @@ class FeatureExtractor:
     _fn: Callable   # the TensorFlow pooled function, replaced by its TFLite version on first use
     runtime: str = "tf"
     fallback: bool = False  # runtime was "auto": fall back to TF if a conversion fails
+    precision: str = "float32"
     threads: int | None = None  # TFLite threads (None: every core); one Ray worker takes one
     _converted: dict = field(default_factory=dict)
 
     def _run(self, name: str, fn: Callable, images: np.ndarray) -> np.ndarray:
         if self.runtime == "tflite" and name not in self._converted:
             try:
-                self._converted[name] = _tflite_function(fn, self.module, self.image_size, self.threads)
+                self._converted[name] = _tflite_function(fn, self.module, self.image_size, self.threads,
+                                                         self.precision)
             except Exception as exc:
                 if not self.fallback:
                     raise ModelUnavailableError(f"{self.handle}: TFLite conversion failed ({exc}); "
@@ -111,18 +117,23 @@ def cache_dir() -> Path:
 
 
 def load_model(model_handle: str = DEFAULT_MODEL, runtime: str = "auto",
-               threads: int | None = None) -> FeatureExtractor:
+               threads: int | None = None, precision: str = "float32") -> FeatureExtractor:
     """Load a backbone by name, TF Hub URL or SavedModel folder (building it first if needed).
 
     ``runtime``: "tf" runs the SavedModel in TensorFlow; "tflite" converts the same loaded
     function to TensorFlow Lite and runs it with XNNPACK (same vectors within 1e-4, about
     1.3x faster here, see docs/benchmarks.md), each function on its first use; "auto" is tflite
-    when the module converts, else tf.
+    when the module converts, else tf. ``precision="int8"`` quantises the TFLite model (see
+    PRECISIONS); it needs TFLite, so it never falls back to TensorFlow.
     """
     import tensorflow_hub as hub
 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
+    if precision == "int8" and runtime == "tf":
+        raise ValueError("precision='int8' runs on TFLite: use runtime='auto' or 'tflite'")
 
     if model_handle in EFFICIENTNET_LITE:
         path = str(build_efficientnet_lite(model_handle))
@@ -147,10 +158,11 @@ def load_model(model_handle: str = DEFAULT_MODEL, runtime: str = "auto",
     size = _input_size(fn, model_handle)
     dim = int(fn(np.zeros((1, size, size, 3), np.float32)).shape[-1])
     return FeatureExtractor(model_handle, size, dim, module, fn, "tf" if runtime == "tf" else "tflite",
-                            fallback=runtime == "auto", threads=threads)
+                            fallback=runtime == "auto" and precision == "float32", threads=threads,
+                            precision=precision)
 
 
-def _tflite_function(fn, module, size: int, threads: int | None = None) -> Callable:
+def _tflite_function(fn, module, size: int, threads: int | None = None, precision: str = "float32") -> Callable:
     """Convert the module's feature function to TFLite; return a batch -> features callable."""
     import warnings
 
@@ -160,6 +172,12 @@ def _tflite_function(fn, module, size: int, threads: int | None = None) -> Calla
     target = fn if hasattr(fn, "get_concrete_function") else getattr(fn, "__call__", fn)
     concrete = target.get_concrete_function(spec) if hasattr(target, "get_concrete_function") else fn.signature
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    if precision == "int8":  # float in and out, int8 weights and activations inside
+        from .synthetic import calibration_images
+
+        calibration = calibration_images(size)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([picture[None]] for picture in calibration)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         interpreter = tf.lite.Interpreter(model_content=converter.convert(),
