@@ -375,12 +375,11 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
         path = photo_backgrounds[int(rng.integers(len(photo_backgrounds)))]
         try:
             bg = images.to_rgb(images.open_image(Path(backgrounds) / path))
-        except images.ImageError:
-            bg = None
-        if bg is not None:
             side = min(bg.size) * math.sqrt(rng.uniform(0.25, 0.6))  # a zoomed-in region of the photo
             left, top = rng.uniform(0, bg.width - side), rng.uniform(0, bg.height - side)
             canvas = bg.resize((w, h), Image.BICUBIC, box=(left, top, left + side, top + side))
+        except images.ImageError:
+            pass  # an unreadable photo: a generated background instead
     if canvas is None:
         canvas = synthetic.background(w, h, rng)
     scale = rng.uniform(0.6, 1.0)
@@ -463,6 +462,8 @@ def check_benchmarks(benchmark) -> list[str]:
     if unknown or not names:
         raise ValueError(f"benchmark={benchmark!r}; choose from {BENCHMARKS} (one name or a list)")
     return names
+
+
 OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "precision", "postprocess")
 
 

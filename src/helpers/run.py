@@ -95,6 +95,7 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     done: list[dict] = []
+    kernel_manager = _quiet_kernel_manager()
     for nb in paths:
         executed = out_dir / nb.name
         if embeddings_from is not None and nb.name == EMBED_NOTEBOOK:
@@ -110,7 +111,7 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
         try:
             pm.execute_notebook(str(nb), str(executed), parameters=per_notebook[nb],
                                 cwd=str(NOTEBOOK_DIR), progress_bar=False,
-                                kernel_manager_class=_quiet_kernel_manager())
+                                kernel_manager_class=kernel_manager)
         except pm.PapermillExecutionError as exc:
             html = report.notebook_to_html(executed)
             message = f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
