@@ -129,3 +129,28 @@ def test_a_run_folder_inside_image_dir_is_not_embedded(tmp_path):
     Image.new("RGB", (40, 40)).save(run_dir / "grids" / "001.png")  # what 04 leaves behind
     meta = embed_folder(tmp_path, run_dir, progress=False)
     assert store.load_items(run_dir)["path"].tolist() == ["ok.jpg"] and meta["n_files"] == 1
+
+
+def test_pipes_and_devices_named_like_images_are_skipped_unread(tmp_path):
+    """A named pipe blocks and /dev/zero never ends when read: the run must go on without them."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(folder / "ok.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    # in a child process, so that a hang fails this test instead of blocking the suite
+    code = f"from helpers.embed import embed_folder; embed_folder({str(folder)!r}, {str(tmp_path / 'run')!r}, progress=False)"
+    try:
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=180, capture_output=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("embed_folder hung on a pipe or a device")
+    assert store.load_items(tmp_path / "run")["path"].tolist() == ["ok.jpg"]
+    reasons = dict(store.load_skipped(tmp_path / "run").values)
+    assert set(reasons) == {"pipe.jpg", "zero.png"}
+    assert all(r.startswith("not a regular file") for r in reasons.values())

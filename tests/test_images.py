@@ -146,3 +146,47 @@ def test_jpeg_draft_decoding_matches_full_decoding():
 def test_unknown_resize_mode():
     with pytest.raises(ValueError, match="resize="):
         images.decode_image(three_stripes(), 32, "stretch")
+
+
+def test_read_file_refuses_pipes_devices_and_huge_files_without_reading(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(images.ImageError, match="not a regular file"):
+        images.read_file(tmp_path / "pipe.jpg")  # would block forever if opened
+    with pytest.raises(images.ImageError, match="not a regular file"):
+        images.read_file("/dev/zero")
+    data = png_bytes(Image.new("RGB", (50, 50)))
+    (tmp_path / "a.png").write_bytes(data)
+    assert images.read_file(tmp_path / "a.png") == data
+    with pytest.raises(images.ImageError, match="file too large"):
+        images.read_file(tmp_path / "a.png", max_bytes=len(data) - 1)
+    with pytest.raises(images.ImageError, match="cannot read the file"):
+        images.read_file(tmp_path / "missing.png")
+
+
+def test_float_pictures_with_nan_and_inf_decode_cleanly():
+    import warnings
+
+    arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    arr[:8] = np.nan
+    arr[8:16] = np.inf
+    buf = io.BytesIO()
+    Image.fromarray(arr, "F").save(buf, "TIFF")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" before the fix
+        rgb = images.to_rgb(Image.open(io.BytesIO(buf.getvalue())))
+    pixels = np.asarray(rgb)
+    assert (pixels[:16] == 0).all()                       # non-finite samples are black
+    assert pixels[-1, -1, 0] == 255 and pixels[32, 0, 0] > 100  # the finite ones keep their scale
+
+
+def test_oversized_png_metadata_gets_its_own_reason():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), "blue").save(buf, "PNG", pnginfo=info)
+    with pytest.raises(images.ImageError, match="text metadata.*re-save"):
+        images.decode_image(buf.getvalue(), 32)

@@ -50,9 +50,9 @@ HINTS = {} if images.HEIF_SUPPORT else {
 def read_and_decode(root: Path, rel_path: str, size: int, resize: str, max_pixels: int) -> Decoded:
     """Read one file, hash its bytes and decode it; failures become a ``reason``."""
     try:
-        data = (root / rel_path).read_bytes()
-    except OSError as exc:
-        return Decoded(rel_path, reason=f"cannot read file ({exc.strerror or exc})")
+        data = images.read_file(root / rel_path)
+    except images.ImageError as exc:
+        return Decoded(rel_path, reason=str(exc))
     digest = hashlib.sha256(data).hexdigest()
     try:
         pixels, (w, h) = images.decode_image(data, size, resize, max_pixels)
@@ -343,6 +343,8 @@ def _is_utf8(name: str) -> bool:
 def _hash_files(root: Path, paths: list[str], workers: int) -> list[str | None]:
     """sha256 of each file's bytes (None when it cannot be read), in threads."""
     def digest(rel: str):
+        if not images.is_regular_file(root / rel):  # a pipe would block: read_and_decode says why
+            return None
         try:
             h = hashlib.sha256()
             with open(root / rel, "rb") as f:

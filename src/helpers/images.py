@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -31,6 +32,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", "
 RESIZE_MODES = ("crop", "pad", "squash")
 # Pillow's own decompression-bomb threshold (~89 Mpx, e.g. 9,500 x 9,500).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# A file is read whole into memory: refuse bigger ones unread (an uncompressed 16-bit RGBA
+# picture of MAX_PIXELS is ~0.7 GB, so no usable image is this large).
+MAX_FILE_BYTES = 1 << 30
 CROP_FRACTION = 0.875  # centre crop keeps 87.5% of the shorter side, as in ImageNet eval
 
 
@@ -77,11 +81,32 @@ def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int =
 def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A file as an upright, loaded PIL image in its own mode (alpha kept).
     Raises ImageError with the reason, like decode_image."""
+    return _open(read_file(path), max_pixels)[0]
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """True for a regular file (symlinks followed); False for a pipe, device, socket or folder,
+    which would block or never end when read, and for a path that cannot be looked at."""
     try:
-        data = Path(path).read_bytes()
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of an image file; ImageError with the reason for anything else (never blocks
+    on a named pipe, never reads a device or a file of more than ``max_bytes``)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError("not a regular file (a named pipe, device or socket): not read")
+        if info.st_size > max_bytes:
+            raise ImageError(f"file too large: {info.st_size / 1e9:.1f} GB (more than "
+                             f"{max_bytes / 1e9:.1f} GB; no image within max_pixels is that big)")
+        with open(path, "rb") as f:
+            return f.read(max_bytes + 1)
     except OSError as exc:
         raise ImageError(f"cannot read the file ({exc.strerror or exc})") from None
-    return _open(data, max_pixels)[0]
 
 
 def _open(data: bytes, max_pixels: int, draft=None, convert=None) -> tuple[Image.Image, tuple[int, int]]:
@@ -114,6 +139,9 @@ def _open(data: bytes, max_pixels: int, draft=None, convert=None) -> tuple[Image
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if "truncated" in str(exc).lower():
             raise ImageError("truncated file: the image data ends early") from None
+        if "MAX_TEXT_CHUNK" in str(exc) or "MAX_TEXT_MEMORY" in str(exc):
+            raise ImageError("text metadata larger than Pillow's safety limit (the picture itself may be "
+                             "fine: re-save it without metadata)") from None
         raise ImageError(f"corrupt image data ({str(exc).strip()})") from None
     if im.width < 1 or im.height < 1:
         raise ImageError("image has no pixels")
@@ -147,6 +175,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB: 16/32-bit scaled down, alpha (and palette transparency) flattened on white."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(im, dtype=np.float64)
+        arr = np.where(np.isfinite(arr), arr, 0.0)  # NaN / inf samples of float pictures: black
         top = arr.max() if arr.size else 0
         if im.mode == "F" and top <= 1.0:
             arr = arr * 255.0
