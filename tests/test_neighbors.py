@@ -153,7 +153,7 @@ def test_search_by_image_lists_products_once_and_skips_unreadable_photos(tiny_ca
     with pytest.warns(UserWarning) as caught:
         table = search_by_image(tmp_path / "run", queries, k=3)
     said = " ".join(str(w.message) for w in caught)
-    assert "broken.jpg: not an image" in said and "missing.jpg: No such file" in said
+    assert "broken.jpg: not an image" in said and "missing.jpg: cannot read the file (No such file" in said
     assert table["query"].unique().tolist() == [str(queries[0])]  # the good photo is still answered
     assert table["similar_pi"].tolist()[0] == "coffee" and table["similar_pi"].is_unique
     assert table["rank"].tolist() == [1, 2, 3]

@@ -179,10 +179,9 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     for i, p in enumerate(pictures):
         if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
             try:
-                batch.append(images.decode_image(Path(p).read_bytes(), model.image_size, meta["resize"])[0])
-            except (OSError, images.ImageError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                warnings.warn(f"{p}: {reason}; skipped", stacklevel=2)
+                batch.append(images.decode_image(images.read_file(p), model.image_size, meta["resize"])[0])
+            except images.ImageError as exc:
+                warnings.warn(f"{p}: {exc}; skipped", stacklevel=2)
                 continue
             labels.append(str(p))
         else:
