@@ -129,6 +129,7 @@ def test_a_run_folder_inside_image_dir_is_not_embedded(tmp_path):
     Image.new("RGB", (40, 40)).save(run_dir / "grids" / "001.png")  # what 04 leaves behind
     meta = embed_folder(tmp_path, run_dir, progress=False)
     assert store.load_items(run_dir)["path"].tolist() == ["ok.jpg"] and meta["n_files"] == 1
+    assert meta["other_files"] == {}  # nor are its tables counted as the catalog's other files
 
 
 def test_pipes_and_devices_named_like_images_are_skipped_unread(tmp_path):

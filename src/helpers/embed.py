@@ -167,12 +167,8 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         raise ValueError(f"batch_size={batch_size}; must be at least 1")
     root, run_dir = Path(image_dir), Path(run_dir)
     other_files = Counter()
-    paths = images.list_images(root, recursive, others=other_files)
-    try:  # a run folder inside image_dir: its thumbnails and grids are not products
-        inside = run_dir.resolve().relative_to(root.resolve()).as_posix() + "/"
-        paths = [p for p in paths if not p.startswith(inside)]
-    except ValueError:
-        pass
+    # a run folder inside image_dir: its thumbnails, grids and tables are not the catalog's
+    paths = images.list_images(root, recursive, others=other_files, exclude=run_dir)
     # names that are not UTF-8 (Linux allows any bytes) cannot be stored in the tables
     bad_names = [p for p in paths if not _is_utf8(p)]
     paths = [p for p in paths if _is_utf8(p)]

@@ -29,7 +29,7 @@ except ImportError:
 # skipped.csv, never silently left out
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
                     ".avif", ".heic", ".heif", ".jp2")
-RESIZE_MODES = ("crop", "pad", "squash")
+RESIZE_MODES = ("crop", "full", "pad", "squash")
 # Pillow's own decompression-bomb threshold (~89 Mpx, e.g. 9,500 x 9,500).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 # A file is read whole into memory: refuse bigger ones unread (an uncompressed 16-bit RGBA
@@ -42,21 +42,27 @@ class ImageError(ValueError):
     """An image file that cannot be used; ``str(error)`` is a plain-English reason."""
 
 
-def list_images(image_dir: str | Path, recursive: bool = True, others: Counter | None = None) -> list[str]:
+def list_images(image_dir: str | Path, recursive: bool = True, others: Counter | None = None,
+                exclude: str | Path | None = None) -> list[str]:
     """Relative POSIX paths of image files under ``image_dir``, sorted (case-insensitive ext).
 
     ``others``: a Counter that gets the extension of every other file (".txt", "" for none).
+    ``exclude``: a folder whose files are not listed or counted (a run folder kept inside).
     """
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"image_dir={str(image_dir)!r} is not a folder")
+    try:
+        skip = Path(exclude).resolve().relative_to(root.resolve()) if exclude is not None else None
+    except ValueError:  # not inside image_dir
+        skip = None
     found = []
     if recursive:
         walker = os.walk(root)
     else:
         walker = [(str(root), [], [e.name for e in os.scandir(root) if e.is_file()])]
     for folder, dirs, files in walker:
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if skip is None or Path(folder, d).relative_to(root) != skip)
         for name in files:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((Path(folder) / name).relative_to(root).as_posix())
@@ -68,8 +74,9 @@ def list_images(image_dir: str | Path, recursive: bool = True, others: Counter |
 def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS):
     """Decode ``data`` into a (size, size, 3) uint8 RGB array; return it and the upright (w, h).
 
-    ``resize``: "crop" (shorter side to size/0.875, centre crop), "pad" (letterbox on black,
-    as the reference pipeline did) or "squash" (stretch to a square).
+    ``resize``: "crop" (shorter side to size/0.875, centre crop), "full" (the largest centred
+    square, nothing trimmed), "pad" (letterbox on black, as the reference pipeline did) or
+    "squash" (stretch to a square).
     Raises ImageError with the reason when the bytes are not a usable image.
     """
     if resize not in RESIZE_MODES:
@@ -158,7 +165,7 @@ def _draft(im: Image.Image, size: int, resize: str) -> None:
     if im.format != "JPEG":
         return
     w, h = im.size
-    scale = {"crop": size / CROP_FRACTION / min(w, h), "pad": size / max(w, h)}.get(resize)
+    scale = {"crop": size / CROP_FRACTION / min(w, h), "full": size / min(w, h), "pad": size / max(w, h)}.get(resize)
     want = (size, size) if scale is None else (math.ceil(w * scale), math.ceil(h * scale))
     # draft keeps both sides >= the request; DCT scaling itself averages, so no aliasing
     im.draft(None, want)
@@ -192,12 +199,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def fit_square(im: Image.Image, size: int, resize: str = "crop") -> Image.Image:
-    """Resize an RGB image to size x size by centre crop, letterbox or squash."""
+    """Resize an RGB image to size x size by centre crop, full centred square, letterbox or squash."""
     w, h = im.size
     if resize == "squash":
         return im.resize((size, size), Image.BILINEAR)
-    if resize == "crop":
-        side = min(w, h) * CROP_FRACTION
+    if resize in ("crop", "full"):
+        side = min(w, h) * (CROP_FRACTION if resize == "crop" else 1.0)
         left, top = (w - side) / 2, (h - side) / 2
         # resize straight from the crop box: no large intermediate for very long images
         return im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
