@@ -128,6 +128,17 @@ def test_resize_squash_keeps_everything():
     assert pixels[15, 2, 0] > 200 and pixels[15, 15, 1] > 200 and pixels[15, -3, 2] > 200
 
 
+def test_resize_full_keeps_the_whole_centred_square():
+    im = Image.new("RGB", (300, 200), (0, 200, 0))
+    im.paste((255, 0, 0), (50, 0, 58, 200))   # inside the centred square (x 50-250), outside the 87.5% crop
+    im.paste((0, 0, 255), (0, 0, 50, 200))    # outside the square: no mode but pad/squash keeps it
+    for data in (png_bytes(im), jpeg_bytes(im, quality=95)):
+        full, _ = images.decode_image(data, 40, "full")
+        crop, _ = images.decode_image(data, 40, "crop")
+        assert full[20, 0, 0] > 200 and full[20, 0, 2] < 60        # the red edge is kept
+        assert (crop[..., 0] < 60).all() and (full[..., 2] < 60).all()
+
+
 def test_very_long_image_does_not_blow_up():
     data = png_bytes(Image.new("RGB", (20_000, 2), (10, 20, 30)))
     pixels, size = images.decode_image(data, 64, "crop")
