@@ -155,3 +155,22 @@ def test_pipes_and_devices_named_like_images_are_skipped_unread(tmp_path):
     reasons = dict(store.load_skipped(tmp_path / "run").values)
     assert set(reasons) == {"pipe.jpg", "zero.png"}
     assert all(r.startswith("not a regular file") for r in reasons.values())
+
+
+def test_a_run_that_embeds_nothing_says_why(tmp_path):
+    """An empty folder, or one whose every image is unusable, stops at 01 with the cause,
+    not later in a step that has nothing to work on; skipped.csv is still written."""
+    from helpers.embed import NothingEmbeddedError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("prices")
+    with pytest.raises(NothingEmbeddedError, match=r"no image files in .*found only other files: 1 \.txt"):
+        embed_folder(empty, tmp_path / "run_empty", progress=False)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a picture")
+    (bad / "b.png").write_bytes(b"")
+    with pytest.raises(NothingEmbeddedError, match=r"none of the 2 image files.*skipped.csv.*empty file \(0 bytes\) \(1\)"):
+        embed_folder(bad, tmp_path / "run_bad", progress=False)
+    assert sorted(store.load_skipped(tmp_path / "run_bad")["path"]) == ["a.jpg", "b.png"]

@@ -55,6 +55,13 @@ def test_unknown_parameter_is_refused_before_anything_runs(tiny_catalog, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_dir_that_is_a_file_is_refused_plainly(tmp_path, capsys):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(SystemExit):
+        run.main(["-p", "run_dir", str(tmp_path / "run")])
+    assert "cannot make the run folder there (Not a directory)" in capsys.readouterr().err
+
+
 def test_failing_notebook_stops_with_cell_and_partial_html(tmp_path):
     with pytest.raises(run.RunError, match=r"01_embed.ipynb failed in cell \d+: FileNotFoundError") as err:
         run.run({"run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "missing"),

@@ -318,7 +318,24 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         else:
             meta["postprocess"] = "none"
     work.commit(items, skipped_frame, meta)
+    if items.empty:  # the store and skipped.csv are written: the reasons can be read there
+        raise NothingEmbeddedError(_why_nothing(root, run_dir, meta, skipped_frame))
     return meta
+
+
+class NothingEmbeddedError(ValueError):
+    """The run ended with no image embedded: nothing downstream can work."""
+
+
+def _why_nothing(root: Path, run_dir: Path, meta: dict, skipped: pd.DataFrame) -> str:
+    if meta["n_files"] == 0:
+        others = ", ".join(f"{n} {ext or 'without extension'}" for ext, n in meta["other_files"].items())
+        return (f"no image files in {root} (looked for {', '.join(images.IMAGE_EXTENSIONS)}"
+                + (f"; found only other files: {others}" if others else "; the folder is empty") + ")")
+    common = skipped["reason"].value_counts().head(3)
+    reasons = "; ".join(f"{reason} ({n})" for reason, n in common.items())
+    return (f"none of the {meta['n_files']} image files could be used (all are listed with their "
+            f"reason in {run_dir / 'skipped.csv'}); most common: {reasons}")
 
 
 def _previous_runtime(previous: dict | None) -> str | None:

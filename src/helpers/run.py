@@ -93,7 +93,11 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
     per_notebook = resolve_parameters(config, paths, base)
     run_dir = Path(str((base / str(config["run_dir"])).expanduser().resolve()))
     out_dir = run_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # run_dir is a file, or a folder we may not write
+        raise ParameterError(f"run_dir={str(run_dir)!r}: cannot make the run folder there "
+                             f"({exc.strerror or exc})") from None
     done: list[dict] = []
     kernel_manager = _quiet_kernel_manager()
     for nb in paths:
