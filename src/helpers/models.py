@@ -217,7 +217,7 @@ def _tflite_function(fn, module, size: int, threads: int | None = None, precisio
         try:
             interpreter = interpreter_for(cache_as.read_bytes())
         except (OSError, ValueError, RuntimeError):  # unreadable or damaged: convert again
-            interpreter = None
+            pass
     if interpreter is None:
         content = _convert(fn, module, size, precision)
         interpreter = interpreter_for(content)
