@@ -207,6 +207,10 @@ def test_labels_benchmark_on_a_real_run(tiny_run, tmp_path):
     np.testing.assert_allclose(per_query["recall@1"], 1.0)  # each finds its copy first
     np.testing.assert_allclose(per_query["mAP@3"], 1.0)     # one right answer, found at rank 1
     np.testing.assert_allclose(per_query["precision@3"], 1 / 3)
+    # the same file saved by a spreadsheet that separates with semicolons
+    (tmp_path / "semicolons.csv").write_text("\n".join(r.replace(",", ";") for r in rows) + "\n")
+    again = evaluate.run_labels(run_dir, tmp_path / "semicolons.csv", k=3, n_queries=100)["per_query"]
+    pd.testing.assert_frame_equal(again, per_query)
     (tmp_path / "bad.csv").write_text("file,class\na,b\n")
     with pytest.raises(ValueError, match="label"):
         evaluate.run_labels(run_dir, tmp_path / "bad.csv")

@@ -421,12 +421,14 @@ def near_duplicate_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels
 
 def labels_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels_csv: str | Path,
                      k: int = 20, n_queries: int = 1000, seed: int = 0) -> dict:
-    """A user's CSV (``path`` or ``imageName``, and ``label``): right = same label.
+    """A user's CSV (``path`` or ``imageName``, and ``label``; comma, semicolon or tab
+    separated): right = same label.
 
     Labelled images query the whole run; unlabelled images stay in the gallery as
     distractors (they are never right).
     """
-    table = pd.read_csv(labels_csv, dtype=str, skipinitialspace=True)
+    # the separator is sniffed: spreadsheets in many locales save "path;label"
+    table = pd.read_csv(labels_csv, dtype=str, skipinitialspace=True, sep=None, engine="python")
     table.columns = table.columns.str.strip()
     key = "path" if "path" in table.columns else "imageName" if "imageName" in table.columns else None
     if key is None or "label" not in table.columns:
