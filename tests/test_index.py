@@ -252,3 +252,22 @@ def test_finish_drops_self_pads_and_orders():
     idx, sim = finish(cand, sims, 3, exclude=np.array([0, 0]))
     assert idx.tolist() == [[5, 3, -1], [2, 2, 1]]
     assert sim[0, 2] == -np.inf
+
+
+def test_k_must_be_a_whole_number_of_at_least_one(tmp_path):
+    """k=0 used to run 02-04 and write empty neighbour lists; every step now refuses it first."""
+    from helpers import evaluate, grids, neighbors, sweep
+    from helpers.index import check_k
+
+    assert check_k(20) == 20 and check_k(np.int64(3)) == 3
+    for bad in (0, -1, 2.5, "20", True, None):
+        with pytest.raises(ValueError, match="k=.*at least 1"):
+            check_k(bad)
+    # before any file is read: tmp_path holds no run
+    for step in (lambda: neighbors.write_neighbors(tmp_path, k=0), lambda: grids.render_grids(tmp_path, k=0),
+                 lambda: sweep.run_sweep(np.eye(3, dtype=np.float32), [1], [10], k=0),
+                 lambda: evaluate.run_labels(tmp_path, tmp_path / "labels.csv", k=0),
+                 lambda: evaluate.run_near_duplicates(tmp_path, k=0),
+                 lambda: evaluate.run_fashion_mnist(tmp_path, k=0)):
+        with pytest.raises(ValueError, match="k=0"):
+            step()

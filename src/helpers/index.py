@@ -29,6 +29,14 @@ import numpy as np
 BACKENDS = ("exact", "annoy", "faiss-ivfpq", "faiss-hnsw", "voyager")
 
 
+def check_k(k) -> int:
+    """``k`` (results per query or neighbours per product) as an int; ValueError unless it is a
+    whole number of at least 1 (k=0 would silently write empty neighbour lists)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k={k!r}; must be a whole number of at least 1")
+    return int(k)
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the k largest scores per row, best first (ties: lower index)."""
     k = min(k, scores.shape[1])
