@@ -254,20 +254,24 @@ def test_finish_drops_self_pads_and_orders():
     assert sim[0, 2] == -np.inf
 
 
-def test_k_must_be_a_whole_number_of_at_least_one(tmp_path):
-    """k=0 used to run 02-04 and write empty neighbour lists; every step now refuses it first."""
+def test_counts_must_be_whole_numbers_of_at_least_one(tmp_path):
+    """k=0 ran 02-04 and wrote empty neighbour lists, n_queries=0 measured recall 1.0 on nothing,
+    thumb_size=0 and n_sources=0 failed deep inside: every step now refuses them first."""
     from helpers import evaluate, grids, neighbors, sweep
-    from helpers.index import check_k
+    from helpers.index import check_counts
 
-    assert check_k(20) == 20 and check_k(np.int64(3)) == 3
+    check_counts(k=20, n_queries=np.int64(3))
     for bad in (0, -1, 2.5, "20", True, None):
-        with pytest.raises(ValueError, match="k=.*at least 1"):
-            check_k(bad)
+        with pytest.raises(ValueError, match=r"n_queries=.*must be a whole number of at least 1"):
+            check_counts(k=5, n_queries=bad)
     # before any file is read: tmp_path holds no run
-    for step in (lambda: neighbors.write_neighbors(tmp_path, k=0), lambda: grids.render_grids(tmp_path, k=0),
-                 lambda: sweep.run_sweep(np.eye(3, dtype=np.float32), [1], [10], k=0),
-                 lambda: evaluate.run_labels(tmp_path, tmp_path / "labels.csv", k=0),
-                 lambda: evaluate.run_near_duplicates(tmp_path, k=0),
-                 lambda: evaluate.run_fashion_mnist(tmp_path, k=0)):
-        with pytest.raises(ValueError, match="k=0"):
+    vectors = np.eye(3, dtype=np.float32)
+    for step, name in ((lambda: neighbors.write_neighbors(tmp_path, k=0), "k"),
+                       (lambda: grids.render_grids(tmp_path, thumb_size=0), "thumb_size"),
+                       (lambda: sweep.run_sweep(vectors, [1], [10], k=0), "k"),
+                       (lambda: sweep.run_sweep(vectors, [1], [10], n_queries=0), "n_queries"),
+                       (lambda: evaluate.run_labels(tmp_path, tmp_path / "labels.csv", n_queries=0), "n_queries"),
+                       (lambda: evaluate.run_near_duplicates(tmp_path, n_sources=0), "n_sources"),
+                       (lambda: evaluate.run_fashion_mnist(tmp_path, k=0), "k")):
+        with pytest.raises(ValueError, match=f"^{name}=0;"):
             step()

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from . import images, synthetic
-from .index import ExactIndex, check_k
+from .index import ExactIndex, check_counts
 
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
 SOURCE_MAX_SIDE = 1024  # benchmark copies of bigger images are shrunk: the model sees 224-260 px
@@ -507,7 +507,7 @@ def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
     (``run_dir/benchmark_near_duplicates``) is embedded with the run's embedding options (or
     ``options`` overrides) in its own run folder, incrementally on the next call.
     """
-    check_k(k)
+    check_counts(k=k, n_sources=n_sources, variants_per_source=variants_per_source)
     from . import embed, store
 
     options = embedding_options(run_dir, **options)
@@ -562,7 +562,7 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
                       **options) -> dict:
     """The Fashion-MNIST protocol with the run's embedding options (vectors cached per option
     set under the model cache, so repeated runs do not embed again)."""
-    check_k(k)
+    check_counts(k=k, n_queries=n_queries)
     from .models import CONVERSION_VERSION, cache_dir
 
     options = embedding_options(run_dir, **options)
@@ -586,7 +586,7 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
 def run_labels(run_dir: str | Path, labels: str | Path, k: int = 20, n_queries: int = 1000,
                query_expansion: int = 0, seed: int = 0) -> dict:
     """The "labels" benchmark on the run's own vectors (as 03 sees them)."""
-    check_k(k)
+    check_counts(k=k, n_queries=n_queries)
     from . import store
 
     embeddings, items, _ = store.load_store(run_dir)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots, store
-from .index import check_k
+from .index import check_counts
 from .thumbnails import open_thumbnail, thumbnail_paths
 
 SHOW = ("random", "worst", "duplicates", "errors")
@@ -73,7 +73,7 @@ def select_queries(table: pd.DataFrame, queries, show: str = "random", seed: int
 def render_grids(run_dir: str | Path, queries=12, k: int = 8, columns: int = 9, thumb_size: int = 160,
                  show: str = "random", seed: int = 0, labels: dict[str, str] | None = None) -> list[Path]:
     """Save one grid PNG per selected query under ``run_dir/grids``; return their paths."""
-    check_k(k)
+    check_counts(k=k, thumb_size=thumb_size)
     run_dir = Path(run_dir)
     table = pd.read_parquet(run_dir / "neighbors.parquet")
     items = store.load_items(run_dir)

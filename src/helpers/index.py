@@ -29,12 +29,12 @@ import numpy as np
 BACKENDS = ("exact", "annoy", "faiss-ivfpq", "faiss-hnsw", "voyager")
 
 
-def check_k(k) -> int:
-    """``k`` (results per query or neighbours per product) as an int; ValueError unless it is a
-    whole number of at least 1 (k=0 would silently write empty neighbour lists)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k={k!r}; must be a whole number of at least 1")
-    return int(k)
+def check_counts(**counts) -> None:
+    """ValueError naming the first of ``counts`` (k, n_queries, ...) that is not a whole number
+    of at least 1: k=0 wrote empty neighbour lists, n_queries=0 measured a recall of nothing."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r}; must be a whole number of at least 1")
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .index import PARAMETERS, build_index, check_k
+from .index import PARAMETERS, build_index, check_counts
 
 LEVELS = ("image", "product")
 # product level: extra candidates per item for products with several images (see fetch_size);
@@ -329,7 +329,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     A refresh is then not possible: every vector may have moved. See docs/benchmarks.md
     ("Quality") for what it buys. Returns neighbors_meta.json's content.
     """
-    check_k(k)
+    check_counts(k=k)
     import time
 
     run_dir = Path(run_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .index import BACKENDS, PARAMETERS, ExactIndex, build_index, check_k, default_nlist, recall_at_k
+from .index import BACKENDS, PARAMETERS, ExactIndex, build_index, check_counts, default_nlist, recall_at_k
 
 REFERENCE_N_TREES = 10_000
 EXACT_PREFERENCE = 1.25  # recommend Annoy only when at least this much faster than exact
@@ -77,7 +77,7 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
     ``nprobe_grid``; None = about sqrt(N) lists), "faiss-hnsw" and "voyager" (``M_grid`` x
     ``ef_grid``). Each build setting is built once and every query setting measured on it.
     """
-    check_k(k)
+    check_counts(k=k, n_queries=n_queries)
     from tqdm import tqdm
 
     vectors = np.asarray(embeddings, dtype=np.float32)
