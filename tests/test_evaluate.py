@@ -214,6 +214,9 @@ def test_labels_benchmark_on_a_real_run(tiny_run, tmp_path):
     (tmp_path / "bad.csv").write_text("file,class\na,b\n")
     with pytest.raises(ValueError, match="label"):
         evaluate.run_labels(run_dir, tmp_path / "bad.csv")
+    (tmp_path / "one_column.csv").write_text("path\nchelsea.jpg\ncoffee.jpg\n")
+    with pytest.raises(ValueError, match=r"needs a 'label' column.*found \['path'\]"):
+        evaluate.run_labels(run_dir, tmp_path / "one_column.csv")
 
 
 def test_check_benchmarks():

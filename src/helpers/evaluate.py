@@ -427,8 +427,7 @@ def labels_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels_csv: st
     Labelled images query the whole run; unlabelled images stay in the gallery as
     distractors (they are never right).
     """
-    # the separator is sniffed: spreadsheets in many locales save "path;label"
-    table = pd.read_csv(labels_csv, dtype=str, skipinitialspace=True, sep=None, engine="python")
+    table = pd.read_csv(labels_csv, dtype=str, skipinitialspace=True, sep=_separator(labels_csv))
     table.columns = table.columns.str.strip()
     key = "path" if "path" in table.columns else "imageName" if "imageName" in table.columns else None
     if key is None or "label" not in table.columns:
@@ -455,6 +454,19 @@ def labels_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels_csv: st
 # ---------------------------------------------------------------- notebook 05's work
 
 BENCHMARKS = ("near-duplicates", "fashion-mnist", "labels")
+
+
+def _separator(csv_path: str | Path) -> str:
+    """The CSV's separator among comma, semicolon (spreadsheets in many locales) and tab;
+    comma when the file does not tell (a single column)."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        sample = f.read(1 << 16)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t").delimiter
+    except csv.Error:
+        return ","
 
 
 def check_benchmarks(benchmark) -> list[str]:
