@@ -267,6 +267,7 @@ def test_counts_must_be_whole_numbers_of_at_least_one(tmp_path):
     # before any file is read: tmp_path holds no run
     vectors = np.eye(3, dtype=np.float32)
     for step, name in ((lambda: neighbors.write_neighbors(tmp_path, k=0), "k"),
+                       (lambda: neighbors.search_by_image(tmp_path, ["photo.jpg"], k=0), "k"),
                        (lambda: grids.render_grids(tmp_path, thumb_size=0), "thumb_size"),
                        (lambda: sweep.run_sweep(vectors, [1], [10], k=0), "k"),
                        (lambda: sweep.run_sweep(vectors, [1], [10], n_queries=0), "n_queries"),

@@ -170,6 +170,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     from .index import ExactIndex
     from .models import load_model
 
+    check_counts(k=k)
     columns = ["query", "rank", "similar_pi", "similarity", "similar_path"]
     embeddings, items, meta = store.load_store(run_dir)
     fetch = fetch_size(items, k, level)
