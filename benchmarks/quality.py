@@ -43,6 +43,7 @@ ND_OPTIONS_ALL = [  # (row name, embedding options, query expansion)
     ("gem + focus center", dict(pooling="gem", focus="center"), 0),
     ("gem + focus center-zoom", dict(pooling="gem", focus="center-zoom"), 0),
     ("full square, gem", dict(pooling="gem", resize="full"), 0),
+    ("gem + hog_weight 1", dict(pooling="gem", hog_weight=1.0), 0),
     ("gem + whiten", dict(pooling="gem", postprocess="whiten"), 0),
     ("gem + query expansion 1", dict(pooling="gem"), 1),
     ("efficientnet-lite2, gem", dict(model_handle="efficientnet-lite2", pooling="gem"), 0),
@@ -50,7 +51,7 @@ ND_OPTIONS_ALL = [  # (row name, embedding options, query expansion)
 ]
 ND_OPTIONS = ND_OPTIONS_ALL
 SCENE_OPTIONS = [row for row in ND_OPTIONS_ALL
-                 if row[0].startswith(("whole", "letterbox", "gem (", "avg + focus", "gem + focus", "gem, int8", "full"))]
+                 if row[0].startswith(("whole", "letterbox", "gem (", "avg + focus", "gem + focus", "gem, int8", "full", "gem + hog"))]
 FM_OPTIONS = [
     ("avg, crop (before)", dict(pooling="avg", resize="crop"), 0),
     ("gem, crop (default)", dict(pooling="gem", resize="crop"), 0),
@@ -59,6 +60,8 @@ FM_OPTIONS = [
     ("gem, crop + focus center", dict(pooling="gem", resize="crop", focus="center"), 0),
     ("gem, crop + focus center-zoom", dict(pooling="gem", resize="crop", focus="center-zoom"), 0),
     ("gem, full square", dict(pooling="gem", resize="full"), 0),
+    ("gem, crop + hog_weight 1", dict(pooling="gem", resize="crop", hog_weight=1.0), 0),
+    ("gem, squash + hog_weight 1", dict(pooling="gem", resize="squash", hog_weight=1.0), 0),
     ("gem, crop + whiten", dict(pooling="gem", resize="crop", postprocess="whiten"), 0),
     ("gem, crop + query expansion 1", dict(pooling="gem", resize="crop"), 1),
     ("gem, squash + query expansion 1", dict(pooling="gem", resize="squash"), 1),

@@ -110,3 +110,45 @@ def test_center_zoom_sees_a_product_in_a_scene_better_than_the_whole_picture(mod
                               @ features.Embedder(model, "gem", focus)(cat)[0])
                  for focus in ("none", "center", "center-zoom")}
     assert closeness["center-zoom"] > closeness["center"] > closeness["none"], closeness
+
+
+def test_hog_outline_keeps_shape_and_ignores_brightness():
+    """The HOG part alone, on real photos: a brighter copy keeps its outline, another photo
+    and the mirror image do not."""
+    pictures = np.stack([np.asarray(photo(n).resize((224, 224))) for n in ("chelsea", "coffee")])
+    brighter = np.clip(pictures[:1].astype(np.float32) * 1.2 + 10, 0, 255).astype(np.uint8)
+    mirrored = pictures[:1, :, ::-1]
+    outline = features.hog_vectors(np.concatenate([pictures, brighter, mirrored]))
+    assert outline.shape == (4, features.HOG_DIM)
+    np.testing.assert_allclose(np.linalg.norm(outline, axis=1), 1.0, rtol=1e-5)
+    same, other, mirror = outline[0] @ outline[2], outline[0] @ outline[1], outline[0] @ outline[3]
+    assert same > 0.95 and other < same - 0.2 and mirror < same - 0.2, (same, other, mirror)
+
+
+def test_hog_weight_mixes_the_two_cosines(model):
+    """cos(a, b) of the joined vector = (model cosine + w^2 * outline cosine) / (1 + w^2)."""
+    pictures = np.stack([np.asarray(photo(n).resize((224, 224))) for n in ("chelsea", "coffee", "rocket")])
+    plain, joined = features.Embedder(model, "gem"), features.Embedder(model, "gem", hog_weight=0.5)
+    assert joined.dim == plain.dim + features.HOG_DIM == 1280 + 1764
+    a, m, h = joined(pictures), plain(pictures), features.hog_vectors(pictures)
+    np.testing.assert_allclose(a @ a.T, (m @ m.T + 0.25 * (h @ h.T)) / 1.25, atol=1e-5)
+    np.testing.assert_array_equal(features.Embedder(model, "gem", hog_weight=0)(pictures), m)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1", True, None])
+def test_hog_weight_must_be_a_number_at_least_zero(model, bad):
+    with pytest.raises(ValueError, match="hog_weight"):
+        features.Embedder(model, "gem", hog_weight=bad)
+
+
+def test_hog_weight_lifts_fashion_mnist(tmp_path):
+    """What the option is for: upright garments on a plain background, told apart by their cut
+    (Fashion-MNIST subset; docs/benchmarks.md has the full protocol)."""
+    from helpers import evaluate
+
+    def precision(hog_weight):
+        result = evaluate.run_fashion_mnist(tmp_path, n_queries=200, n_gallery=2000, pooling="gem",
+                                            hog_weight=hog_weight, progress=False)
+        return result["summary"].loc["all", "precision@20"]
+
+    assert precision(1.0) > precision(0.0) + 0.01

@@ -84,6 +84,10 @@ def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
     quantised = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision="int8", progress=False)
     assert quantised["n_reused"] == 0 and quantised["previous_store"].startswith("replaced")
     assert quantised["precision"] == "int8"
+    outlined = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision="int8", hog_weight=1.0,
+                            progress=False)
+    assert outlined["n_reused"] == 0 and outlined["previous_store"].startswith("replaced")
+    assert outlined["dim"] == 1280 + 1764 and store.load_store(tmp_path / "run")[0].shape == (24, 1280 + 1764)
 
 
 def start_embedding(image_dir, run_dir):

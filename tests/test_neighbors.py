@@ -163,6 +163,16 @@ def test_search_by_image_lists_products_once_and_skips_unreadable_photos(tiny_ca
         assert search_by_image(tmp_path / "run", queries[1:]).empty
 
 
+def test_search_by_image_embeds_photos_like_the_run(tiny_catalog, tmp_path):
+    """A run with the HOG outline appended: a catalog file used as the query finds itself."""
+    from helpers import embed
+    from helpers.neighbors import search_by_image
+
+    embed.embed_folder(tiny_catalog, tmp_path / "run", hog_weight=1.0, progress=False)
+    table = search_by_image(tmp_path / "run", [tiny_catalog / "rocket_copy.png"], k=1, level="image")
+    assert table["similar_path"].tolist() == ["rocket_copy.png"] and table["similarity"].iloc[0] > 0.999
+
+
 def test_expand_averages_with_the_first_neighbours():
     from helpers.neighbors import expand
 

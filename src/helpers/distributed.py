@@ -47,7 +47,7 @@ class EmbedActor:
         self.root, self.options = Path(root), options
         self.model = Embedder(load_model(options["model_handle"], options["runtime"], threads=1,
                                          precision=options["precision"]),
-                              options["pooling"], options["focus"]).warm_up()
+                              options["pooling"], options["focus"], options["hog_weight"]).warm_up()
 
     def __call__(self, batch: dict) -> dict:
         from .embed import read_and_decode

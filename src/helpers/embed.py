@@ -131,16 +131,17 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
                  catalog: str | Path | None = None, on_missing: str = "error",
                  max_pixels: int = images.MAX_PIXELS, runtime: str = "auto",
                  workers: int | None = None, checkpoint_every: int = 1024,
-                 pooling: str = "auto", focus: str = "none", postprocess: str = "none",
-                 precision: str = "float32", engine: str = "local", progress: bool = True) -> dict:
+                 pooling: str = "auto", focus: str = "none", hog_weight: float = 0.0,
+                 postprocess: str = "none", precision: str = "float32", engine: str = "local",
+                 progress: bool = True) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the run summary.
 
     Writes embeddings.npy, items.parquet, skipped.csv and embed_meta.json (see ``store``).
     The catalog is matched before any image is decoded, so catalog problems fail fast.
     Incremental and resumable: images whose bytes (sha256) are already in the run folder's
     store, or in the checkpoints of an interrupted run, are not embedded again, provided
-    ``model_handle``, ``resize``, ``pooling``, ``focus`` and ``precision`` are the same; removed images
-    are dropped. ``pooling`` / ``focus``: see ``helpers.features``. ``postprocess="whiten"``
+    ``model_handle``, ``resize``, ``pooling``, ``focus``, ``hog_weight`` and ``precision`` are the same;
+    removed images are dropped. ``pooling`` / ``focus`` / ``hog_weight``: see ``helpers.features``. ``postprocess="whiten"``
     learns PCA-whitening on the catalog's vectors (``whitening.npz``, see ``helpers.whitening``);
     readers get whitened vectors through ``store.load_store``.
 
@@ -158,7 +159,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         raise ValueError(f"engine={engine!r}; choose one of {ENGINES}{hint}")
     if resize not in images.RESIZE_MODES:
         raise ValueError(f"resize={resize!r}; choose one of {images.RESIZE_MODES}")
-    features.check_options(pooling, focus)
+    features.check_options(pooling, focus, hog_weight)
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
     if postprocess not in whitening.POSTPROCESS:
@@ -179,7 +180,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     workers = workers or max(1, os.cpu_count() or 1)
 
     key = {"model_handle": model_handle, "resize": resize, "max_pixels": max_pixels,
-           "pooling": pooling, "focus": focus, "precision": precision}
+           "pooling": pooling, "focus": focus, "hog_weight": float(hog_weight), "precision": precision}
     work = PartialWork(run_dir, key)
     work.recover()  # a previous run died while moving its finished files into place
     pool, previous, old_paths, same_key = store.VectorPool(), None, set(), False
@@ -187,9 +188,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         previous = store.load_meta(run_dir)
         old_vectors, old_items, _ = store.load_store(run_dir, postprocessed=False)
         old_paths = set(old_items["path"])
-        # stores written before pooling/focus/precision existed: whole-image average pooling, float32
+        # stores written before pooling/focus/hog_weight/precision existed: whole-image average pooling, float32
         old_key = {**previous, "pooling": previous.get("pooling", "avg"), "focus": previous.get("focus", "none"),
-                   "precision": previous.get("precision", "float32")}
+                   "hog_weight": previous.get("hog_weight", 0.0), "precision": previous.get("precision", "float32")}
         same_key = {k: old_key.get(k) for k in key} == key
         if same_key:  # never mix vectors of different models or preprocessing
             pool.add(old_vectors, old_items)
@@ -207,7 +208,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         reasons[shown] = "file name is not valid UTF-8: rename the file to include it"
     if to_compute:
-        model = Embedder(load_model(model_handle, runtime, precision=precision), pooling, focus)
+        model = Embedder(load_model(model_handle, runtime, precision=precision), pooling, focus, hog_weight)
         if engine == "local":
             model.warm_up()  # the TFLite conversion is model loading, not embedding time
         loaded = time.perf_counter()
@@ -217,7 +218,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
             from . import distributed
 
             options = {"model_handle": model_handle, "runtime": runtime, "pooling": pooling, "focus": focus,
-                       "resize": resize, "max_pixels": max_pixels, "precision": precision}
+                       "hog_weight": hog_weight, "resize": resize, "max_pixels": max_pixels, "precision": precision}
             results = distributed.ray_batches(root, to_compute, options, batch_size, workers)
             infer_seconds = None  # spent in the workers
         bar = _progress(len(to_compute), progress)
@@ -252,7 +253,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     rows = []
     dim = model.dim if model else (previous or {}).get("dim")
     if dim is None:  # nothing embedded now or before: every file was skipped
-        dim = load_model(model_handle, runtime, precision=precision).dim
+        dim = Embedder(load_model(model_handle, runtime, precision=precision), pooling, focus, hog_weight).dim
     writer = store.EmbeddingWriter(work.folder, dim)
     try:
         block = []
@@ -299,7 +300,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         "n_reused": len(items) - sum(1 for p in to_compute if p not in reasons),
         "n_removed": len(old_paths - set(items["path"])),
         "previous_store": None if previous is None else (
-            "reused" if same_key else "replaced: different model_handle, resize, max_pixels, pooling, focus or precision"),
+            "reused" if same_key else "replaced: different model_handle, resize, max_pixels, pooling, focus, hog_weight or precision"),
         "catalog_match": match.summary(),
         "seconds": {
             "model_load": round(loaded - started, 3),
@@ -388,7 +389,8 @@ def _versions() -> dict:
 
 def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "crop",
                  batch_size: int = 64, runtime: str = "auto", model=None, pooling: str = "auto",
-                 focus: str = "none", precision: str = "float32", progress: bool = False) -> np.ndarray:
+                 focus: str = "none", hog_weight: float = 0.0, precision: str = "float32",
+                 progress: bool = False) -> np.ndarray:
     """L2-normalised vectors for in-memory pictures (uint8 arrays or PIL images), in order.
 
     For query photos that are not in the catalog, and for benchmark data sets. ``model``:
@@ -398,7 +400,7 @@ def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "cro
 
     model = model or load_model(model_handle, runtime, precision=precision)
     if not isinstance(model, Embedder):
-        model = Embedder(model, pooling, focus)
+        model = Embedder(model, pooling, focus, hog_weight)
     pictures = list(pictures) if not hasattr(pictures, "__len__") else pictures
     out = np.empty((len(pictures), model.dim), np.float32)
     bar = _progress(len(pictures), progress)

@@ -478,7 +478,7 @@ def check_benchmarks(benchmark) -> list[str]:
     return names
 
 
-OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "precision", "postprocess")
+OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "hog_weight", "precision", "postprocess")
 
 
 def embedding_options(run_dir: str | Path, **overrides) -> dict:
@@ -487,7 +487,7 @@ def embedding_options(run_dir: str | Path, **overrides) -> dict:
 
     meta = store.load_meta(run_dir) if (Path(run_dir) / store.META).exists() else {}
     defaults = {"model_handle": "efficientnet-lite0", "resize": "crop", "pooling": "avg",  # as before 05 existed
-                "focus": "none", "precision": "float32", "postprocess": "none"}
+                "focus": "none", "hog_weight": 0.0, "precision": "float32", "postprocess": "none"}
     options = {name: meta.get(name, defaults[name]) for name in OPTION_NAMES}
     options.update({name: value for name, value in overrides.items() if value is not None})
     from .features import resolve_pooling
@@ -561,7 +561,7 @@ def fashion_mnist_embedder(options: dict, batch_size: int = 64, progress: bool =
     def run(pictures: np.ndarray) -> np.ndarray:
         if "model" not in state:
             state["model"] = Embedder(load_model(options["model_handle"], precision=options["precision"]),
-                                      options["pooling"], options["focus"])
+                                      options["pooling"], options["focus"], options["hog_weight"])
         rgb = np.repeat(np.asarray(pictures)[..., None], 3, axis=-1)
         return embed.embed_pixels(rgb, resize=options["resize"], model=state["model"],
                                   batch_size=batch_size, progress=progress)
@@ -580,6 +580,7 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     options = embedding_options(run_dir, **options)
     key = "-".join(str(options[n]) for n in ("model_handle", "resize", "pooling", "focus"))
     key += "-int8" if options["precision"] == "int8" else ""  # float32 keeps the keys it had
+    key += f"-hog{options['hog_weight']:g}" if options["hog_weight"] else ""  # and so does hog_weight=0
     key += f"-v{CONVERSION_VERSION}"  # a rebuilt model must not reuse old vectors
     key = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     if data_dir is not None:  # another copy of the data set gets its own cache

@@ -34,7 +34,7 @@ SCHEMA = {
 }
 KEYS = {"products": "product_id", "neighbors": "master_pi, rank", "run_meta": "key"}
 # run_meta keys that must agree for a database to take this run's rows
-COMPATIBLE = ("model_handle", "dim", "resize", "pooling", "focus", "postprocess")
+COMPATIBLE = ("model_handle", "dim", "resize", "pooling", "focus", "hog_weight", "postprocess")
 
 
 class ExportError(RuntimeError):
@@ -62,7 +62,7 @@ def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict
     neighbors["similarity"] = neighbors["similarity"].astype(float)
     run_meta = {"model_handle": meta["model_handle"], "dim": str(meta["dim"]), "resize": meta["resize"],
                 "pooling": meta.get("pooling", "avg"), "focus": meta.get("focus", "none"),
-                "postprocess": meta.get("postprocess", "none"),
+                "hog_weight": str(meta.get("hog_weight", 0.0)), "postprocess": meta.get("postprocess", "none"),
                 "run_dir": str(run_dir.resolve()), "products": str(len(products)),
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return products, neighbors, run_meta

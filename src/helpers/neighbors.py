@@ -155,8 +155,8 @@ def near_duplicates(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
 def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, level: str = "product") -> pd.DataFrame:
     """Top-k catalog products for photos that are not in the catalog (paths or arrays).
 
-    The photos are embedded with the run's own model, resize mode, pooling, focus and precision, and
-    whitened with the run's own whitening, so they are comparable with its store;
+    The photos are embedded with the run's own model, resize mode, pooling, focus, hog_weight and
+    precision, and whitened with the run's own whitening, so they are comparable with its store;
     ``index`` defaults to exact search. At ``level="product"`` (as 03) a product with several
     images is listed once, by its most similar image. A file that cannot be read is skipped
     with a warning naming it; the other photos are still answered.
@@ -175,7 +175,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     embeddings, items, meta = store.load_store(run_dir)
     fetch = fetch_size(items, k, level)
     model = Embedder(load_model(meta["model_handle"], precision=meta.get("precision", "float32")),
-                     meta.get("pooling", "avg"), meta.get("focus", "none"))
+                     meta.get("pooling", "avg"), meta.get("focus", "none"), meta.get("hog_weight", 0.0))
     labels, batch = [], []
     for i, p in enumerate(pictures):
         if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
