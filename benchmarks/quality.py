@@ -33,41 +33,48 @@ from helpers import embed, evaluate
 ROOT = Path(__file__).resolve().parents[1]
 FLUENT = CACHE / "fluent"
 
-ND_OPTIONS_ALL = [  # (row name, embedding options, query expansion)
-    ("whole image, avg (before)", dict(pooling="avg"), 0),
-    ("letterbox, avg (the reference)", dict(pooling="avg", resize="pad"), 0),
-    ("gem (default)", dict(pooling="gem"), 0),
-    ("avg + focus object", dict(pooling="avg", focus="object"), 0),
-    ("avg + focus multi", dict(pooling="avg", focus="multi"), 0),
-    ("gem + focus multi", dict(pooling="gem", focus="multi"), 0),
-    ("gem + focus center", dict(pooling="gem", focus="center"), 0),
-    ("gem + focus center-zoom", dict(pooling="gem", focus="center-zoom"), 0),
-    ("full square, gem", dict(pooling="gem", resize="full"), 0),
-    ("gem + hog_weight 1", dict(pooling="gem", hog_weight=1.0), 0),
-    ("gem + whiten", dict(pooling="gem", postprocess="whiten"), 0),
-    ("gem + query expansion 1", dict(pooling="gem"), 1),
-    ("efficientnet-lite2, gem", dict(model_handle="efficientnet-lite2", pooling="gem"), 0),
-    ("gem, int8", dict(pooling="gem", precision="int8"), 0),
+ND_OPTIONS_ALL = [  # (row name, embedding options, search options: query_expansion, rerank)
+    ("whole image, avg (before)", dict(pooling="avg"), {}),
+    ("letterbox, avg (the reference)", dict(pooling="avg", resize="pad"), {}),
+    ("gem (default)", dict(pooling="gem"), {}),
+    ("avg + focus object", dict(pooling="avg", focus="object"), {}),
+    ("avg + focus multi", dict(pooling="avg", focus="multi"), {}),
+    ("gem + focus multi", dict(pooling="gem", focus="multi"), {}),
+    ("gem + focus center", dict(pooling="gem", focus="center"), {}),
+    ("gem + focus center-zoom", dict(pooling="gem", focus="center-zoom"), {}),
+    ("full square, gem", dict(pooling="gem", resize="full"), {}),
+    ("gem + hog_weight 1", dict(pooling="gem", hog_weight=1.0), {}),
+    ("gem + whiten", dict(pooling="gem", postprocess="whiten"), {}),
+    ("gem + query expansion 1", dict(pooling="gem"), {"query_expansion": 1}),
+    ("gem + diffusion", dict(pooling="gem"), {"rerank": "diffusion"}),
+    ("efficientnet-lite2, gem", dict(model_handle="efficientnet-lite2", pooling="gem"), {}),
+    ("gem, int8", dict(pooling="gem", precision="int8"), {}),
 ]
 ND_OPTIONS = ND_OPTIONS_ALL
 SCENE_OPTIONS = [row for row in ND_OPTIONS_ALL
-                 if row[0].startswith(("whole", "letterbox", "gem (", "avg + focus", "gem + focus", "gem, int8", "full", "gem + hog"))]
+                 if row[0].startswith(("whole", "letterbox", "gem (", "avg + focus", "gem + focus", "gem, int8", "full",
+                                       "gem + hog", "gem + diffusion"))]
 FM_OPTIONS = [
-    ("avg, crop (before)", dict(pooling="avg", resize="crop"), 0),
-    ("gem, crop (default)", dict(pooling="gem", resize="crop"), 0),
-    ("avg, squash", dict(pooling="avg", resize="squash"), 0),
-    ("gem, squash", dict(pooling="gem", resize="squash"), 0),
-    ("gem, crop + focus center", dict(pooling="gem", resize="crop", focus="center"), 0),
-    ("gem, crop + focus center-zoom", dict(pooling="gem", resize="crop", focus="center-zoom"), 0),
-    ("gem, full square", dict(pooling="gem", resize="full"), 0),
-    ("gem, crop + hog_weight 1", dict(pooling="gem", resize="crop", hog_weight=1.0), 0),
-    ("gem, squash + hog_weight 1", dict(pooling="gem", resize="squash", hog_weight=1.0), 0),
-    ("gem, crop + whiten", dict(pooling="gem", resize="crop", postprocess="whiten"), 0),
-    ("gem, crop + query expansion 1", dict(pooling="gem", resize="crop"), 1),
-    ("gem, squash + query expansion 1", dict(pooling="gem", resize="squash"), 1),
-    ("efficientnet-lite2, gem, crop", dict(model_handle="efficientnet-lite2", pooling="gem", resize="crop"), 0),
-    ("gem, crop, int8", dict(pooling="gem", resize="crop", precision="int8"), 0),
-    ("gem, squash, int8", dict(pooling="gem", resize="squash", precision="int8"), 0),
+    ("avg, crop (before)", dict(pooling="avg", resize="crop"), {}),
+    ("gem, crop (default)", dict(pooling="gem", resize="crop"), {}),
+    ("avg, squash", dict(pooling="avg", resize="squash"), {}),
+    ("gem, squash", dict(pooling="gem", resize="squash"), {}),
+    ("gem, crop + focus center", dict(pooling="gem", resize="crop", focus="center"), {}),
+    ("gem, crop + focus center-zoom", dict(pooling="gem", resize="crop", focus="center-zoom"), {}),
+    ("gem, full square", dict(pooling="gem", resize="full"), {}),
+    ("gem, crop + hog_weight 1", dict(pooling="gem", resize="crop", hog_weight=1.0), {}),
+    ("gem, squash + hog_weight 1", dict(pooling="gem", resize="squash", hog_weight=1.0), {}),
+    ("gem, crop + diffusion", dict(pooling="gem", resize="crop"), {"rerank": "diffusion"}),
+    ("gem, squash + diffusion", dict(pooling="gem", resize="squash"), {"rerank": "diffusion"}),
+    ("gem, crop + hog_weight 1 + diffusion", dict(pooling="gem", resize="crop", hog_weight=1.0), {"rerank": "diffusion"}),
+    ("gem, squash + hog_weight 1 + diffusion", dict(pooling="gem", resize="squash", hog_weight=1.0),
+     {"rerank": "diffusion"}),
+    ("gem, crop + whiten", dict(pooling="gem", resize="crop", postprocess="whiten"), {}),
+    ("gem, crop + query expansion 1", dict(pooling="gem", resize="crop"), {"query_expansion": 1}),
+    ("gem, squash + query expansion 1", dict(pooling="gem", resize="squash"), {"query_expansion": 1}),
+    ("efficientnet-lite2, gem, crop", dict(model_handle="efficientnet-lite2", pooling="gem", resize="crop"), {}),
+    ("gem, crop, int8", dict(pooling="gem", resize="crop", precision="int8"), {}),
+    ("gem, squash, int8", dict(pooling="gem", resize="squash", precision="int8"), {}),
 ]
 
 
@@ -99,11 +106,11 @@ def near_duplicates(catalog: str, work: Path, scene_backgrounds: bool = False, o
     # harder background swaps: the product pasted onto a zoomed-in picture of other products
     backgrounds = image_dir if scene_backgrounds else None
     rows, reference_speed = [], None
-    for name, options, qe in chosen(SCENE_OPTIONS if scene_backgrounds else ND_OPTIONS, only):
+    for name, options, search in chosen(SCENE_OPTIONS if scene_backgrounds else ND_OPTIONS, only):
         shutil.rmtree(base / "benchmark_near_duplicates", ignore_errors=True)
         started = time.perf_counter()
-        result = evaluate.run_near_duplicates(base, n_sources=n_sources, query_expansion=qe, progress=False,
-                                              backgrounds=backgrounds, **options)
+        result = evaluate.run_near_duplicates(base, n_sources=n_sources, progress=False,
+                                              backgrounds=backgrounds, **search, **options)
         speed = result["images_per_second"]
         reference_speed = reference_speed or speed
         summary = result["summary"]["recall@1"].round(3).to_dict()
@@ -127,10 +134,10 @@ def fashion_mnist(n_queries: int, n_gallery: int | None, work: Path, only=None) 
 
     result = evaluate.fashion_mnist_benchmark(pixels, n_queries=n_queries, n_gallery=n_gallery)
     rows.append(_fm_row("raw pixels", result, None))
-    for name, options, qe in chosen(FM_OPTIONS, only):
+    for name, options, search in chosen(FM_OPTIONS, only):
         started = time.perf_counter()
-        result = evaluate.run_fashion_mnist(work, n_queries=n_queries, n_gallery=n_gallery, query_expansion=qe,
-                                            progress=False, **options)
+        result = evaluate.run_fashion_mnist(work, n_queries=n_queries, n_gallery=n_gallery, progress=False,
+                                            **search, **options)
         rows.append(_fm_row(name, result, time.perf_counter() - started))
     return rows
 

@@ -225,3 +225,22 @@ def test_auto_choice_by_catalog_size_and_memory():
     for n in (5_000, 60_000, 1_000_000, 10_000_000):  # every choice builds
         choice = auto_choice(n, n * 5120, 24 * gb)
         build_index(v, choice.pop("backend"), **choice).all_neighbors(3)
+
+
+def test_diffusion_in_03_reorders_but_reports_cosines(tiny_catalog, tmp_path):
+    from helpers import embed, store
+    from helpers.neighbors import write_neighbors
+
+    run_dir = tmp_path / "run"
+    embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json", progress=False)
+    meta = write_neighbors(run_dir, k=5, backend="exact", rerank="diffusion")
+    table = pd.read_parquet(run_dir / "neighbors.parquet")
+    assert meta["rerank"] == "diffusion" and not meta["refreshed"]
+    assert len(table) == 8 * 5 and table.groupby("master_pi")["rank"].apply(list).map([1, 2, 3, 4, 5].__eq__).all()
+    vectors, items, _ = store.load_store(run_dir)
+    row = {path: i for i, path in enumerate(items["path"])}
+    cosines = [float(vectors[row[a]] @ vectors[row[b]]) for a, b in zip(table["master_path"], table["similar_path"])]
+    np.testing.assert_allclose(table["similarity"], cosines, atol=1e-4)  # truncated to 4 decimals
+    assert json.loads((run_dir / "nearest_neighbors.json").read_text())[0]["master_pi"] == table["master_pi"][0]
+    with pytest.raises(ValueError, match="rerank"):
+        write_neighbors(run_dir, rerank="graph")

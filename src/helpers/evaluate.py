@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from . import images, synthetic
+from . import diffusion, images, synthetic
+from .diffusion import check_rerank
 from .index import ExactIndex, check_counts
 
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
@@ -94,10 +95,17 @@ def average_precision_at_k(rel: np.ndarray, k: int, n_relevant) -> np.ndarray:
 
 
 def retrieve(query_vectors: np.ndarray, gallery_vectors: np.ndarray, k: int,
-             exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (indices, similarities) of each query in the gallery; -1 / NaN pad."""
-    index = ExactIndex(np.ascontiguousarray(gallery_vectors, dtype=np.float32))
-    return index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), k=k, exclude=exclude)
+             exclude: np.ndarray | None = None, rerank: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (indices, similarities) of each query in the gallery; -1 / NaN pad.
+
+    ``rerank="diffusion"``: the first ``diffusion.SHORTLIST`` re-ordered by diffusion, which
+    then gives the scores (see ``helpers.diffusion``)."""
+    check_rerank(rerank)
+    gallery_vectors = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
+    fetch = k if rerank == "none" else max(k, diffusion.SHORTLIST)
+    found = ExactIndex(gallery_vectors).search(np.ascontiguousarray(query_vectors, dtype=np.float32),
+                                                k=fetch, exclude=exclude)
+    return found if rerank == "none" else diffusion.rerank(gallery_vectors, *found, k)
 
 
 def label_metrics(query_labels: np.ndarray, gallery_labels: np.ndarray, neighbors: np.ndarray,
@@ -153,7 +161,8 @@ def confusion(query_labels: np.ndarray, gallery_labels: np.ndarray, neighbors: n
 
 def fashion_mnist_benchmark(embed, k: int = 20, n_queries: int = 1000, n_gallery: int | None = None,
                             data_dir=None, seed: int = 0, cache_dir: str | Path | None = None,
-                            cache_key: str = "", postprocess: str = "none", query_expansion: int = 0) -> dict:
+                            cache_key: str = "", postprocess: str = "none", query_expansion: int = 0,
+                            rerank: str = "none") -> dict:
     """Test images query the train images (gallery); right = same class.
 
     ``embed(pictures) -> vectors`` embeds a uint8 array of 28x28 images. Queries are a
@@ -162,7 +171,8 @@ def fashion_mnist_benchmark(embed, k: int = 20, n_queries: int = 1000, n_gallery
     by ``cache_key`` (the model and embedding options) so the next run skips the model.
     ``postprocess="whiten"`` learns whitening on the gallery (the "catalog") and applies it
     to both sides; ``query_expansion`` n > 0 expands the gallery vectors with their n
-    nearest gallery neighbours, then each query with its n nearest expanded ones.
+    nearest gallery neighbours, then each query with its n nearest expanded ones;
+    ``rerank="diffusion"`` re-orders each query's results (``helpers.diffusion``).
     """
     from . import fashion_mnist
 
@@ -188,7 +198,7 @@ def fashion_mnist_benchmark(embed, k: int = 20, n_queries: int = 1000, n_gallery
         gallery_vectors = _expand_all(gallery_vectors, query_expansion)
         nearest, _ = retrieve(query_vectors, gallery_vectors, query_expansion)
         query_vectors = expand(query_vectors, gallery_vectors, nearest, query_expansion)
-    neighbors, similarity = retrieve(query_vectors, gallery_vectors, k)
+    neighbors, similarity = retrieve(query_vectors, gallery_vectors, k, rerank=rerank)
     names = np.array(fashion_mnist.CLASSES)
     per_query = label_metrics(names[test_y[queries]], names[train_y[:n_gallery]], neighbors, similarity, k)
     per_query.insert(0, "test_index", queries)
@@ -390,7 +400,7 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
 
 
 def near_duplicate_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels: pd.DataFrame,
-                             k: int = 20) -> dict:
+                             k: int = 20, rerank: str = "none") -> dict:
     """Every edited copy queries all other images; right = an image of the same source.
 
     ``items`` (a run's items.parquet) and ``labels`` (from ``make_near_duplicates``) are
@@ -400,7 +410,7 @@ def near_duplicate_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels
     if joined["group"].isna().all():
         raise ValueError("no image of the run is in labels.csv: was 01 run on the benchmark folder?")
     rows = np.flatnonzero(joined["group"].notna() & ~joined["transform"].isin(["source", "distractor"]))
-    neighbors, similarity = retrieve(embeddings[rows], embeddings, k, exclude=rows)
+    neighbors, similarity = retrieve(embeddings[rows], embeddings, k, exclude=rows, rerank=rerank)
     groups = joined["group"].to_numpy()
     valid = neighbors >= 0
     correct = valid & (groups[np.where(valid, neighbors, 0)] == groups[rows][:, None])
@@ -420,7 +430,7 @@ def near_duplicate_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels
 
 
 def labels_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels_csv: str | Path,
-                     k: int = 20, n_queries: int = 1000, seed: int = 0) -> dict:
+                     k: int = 20, n_queries: int = 1000, seed: int = 0, rerank: str = "none") -> dict:
     """A user's CSV (``path`` or ``imageName``, and ``label``; comma, semicolon or tab
     separated): right = same label.
 
@@ -442,7 +452,7 @@ def labels_benchmark(embeddings: np.ndarray, items: pd.DataFrame, labels_csv: st
         raise ValueError(f"{labels_csv}: none of its {len(table)} rows names an image of this run ({key})")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(labelled, size=min(n_queries, len(labelled)), replace=False))
-    neighbors, similarity = retrieve(embeddings[rows], embeddings, k, exclude=rows)
+    neighbors, similarity = retrieve(embeddings[rows], embeddings, k, exclude=rows, rerank=rerank)
     gallery_labels = np.where(pd.notna(gallery_labels), gallery_labels, "\0unlabelled")
     per_query = label_metrics(gallery_labels[rows], gallery_labels, neighbors, similarity, k,
                               queries_in_gallery=True)
@@ -511,7 +521,7 @@ def split_sources(embeddings: np.ndarray, n_sources: int, max_similarity: float 
 
 def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
                         variants_per_source: int = 2, backgrounds=None, query_expansion: int = 0,
-                        seed: int = 0, progress: bool = True, **options) -> dict:
+                        rerank: str = "none", seed: int = 0, progress: bool = True, **options) -> dict:
     """Build a near-duplicate benchmark from the run's own catalog and measure it.
 
     Sources are images of the run that do not already look alike; the other catalog
@@ -520,6 +530,7 @@ def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
     ``options`` overrides) in its own run folder, incrementally on the next call.
     """
     check_counts(k=k, n_sources=n_sources, variants_per_source=variants_per_source)
+    check_rerank(rerank)
     from . import embed, store
 
     options = embedding_options(run_dir, **options)
@@ -536,7 +547,7 @@ def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
     labels = pd.read_csv(folder / "labels.csv")
     if query_expansion:
         vectors = _expand_all(vectors, query_expansion)
-    result = near_duplicate_benchmark(vectors, bench_items, labels, k)
+    result = near_duplicate_benchmark(vectors, bench_items, labels, k, rerank=rerank)
     result.update(folder=folder, items=bench_items, labels=labels, options=options,
                   images_per_second=bench_meta.get("images_per_second"),
                   n_sources=len(sources), n_distractors=len(distractors))
@@ -570,11 +581,12 @@ def fashion_mnist_embedder(options: dict, batch_size: int = 64, progress: bool =
 
 
 def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n_gallery: int | None = None,
-                      data_dir=None, query_expansion: int = 0, seed: int = 0, progress: bool = True,
-                      **options) -> dict:
+                      data_dir=None, query_expansion: int = 0, rerank: str = "none", seed: int = 0,
+                      progress: bool = True, **options) -> dict:
     """The Fashion-MNIST protocol with the run's embedding options (vectors cached per option
     set under the model cache, so repeated runs do not embed again)."""
     check_counts(k=k, n_queries=n_queries)
+    check_rerank(rerank)
     from .models import CONVERSION_VERSION, cache_dir
 
     options = embedding_options(run_dir, **options)
@@ -591,21 +603,22 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     result = fashion_mnist_benchmark(base, k=k, n_queries=n_queries, n_gallery=n_gallery, data_dir=data_dir,
                                      seed=seed, cache_dir=cache_dir() / "benchmarks" / "fashion-mnist",
                                      cache_key=key, postprocess=options["postprocess"],
-                                     query_expansion=query_expansion)
+                                     query_expansion=query_expansion, rerank=rerank)
     result["options"] = options
     return result
 
 
 def run_labels(run_dir: str | Path, labels: str | Path, k: int = 20, n_queries: int = 1000,
-               query_expansion: int = 0, seed: int = 0) -> dict:
+               query_expansion: int = 0, rerank: str = "none", seed: int = 0) -> dict:
     """The "labels" benchmark on the run's own vectors (as 03 sees them)."""
     check_counts(k=k, n_queries=n_queries)
+    check_rerank(rerank)
     from . import store
 
     embeddings, items, _ = store.load_store(run_dir)
     if query_expansion:
         embeddings = _expand_all(embeddings, query_expansion)
-    result = labels_benchmark(embeddings, items, labels, k=k, n_queries=n_queries, seed=seed)
+    result = labels_benchmark(embeddings, items, labels, k=k, n_queries=n_queries, seed=seed, rerank=rerank)
     result["options"] = embedding_options(run_dir)
     return result
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .index import PARAMETERS, build_index, check_counts
+from .index import PARAMETERS, build_index, check_counts, pair_cosine
 
 LEVELS = ("image", "product")
 # product level: extra candidates per item for products with several images (see fetch_size);
@@ -87,8 +87,11 @@ def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, bac
 
 def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.ndarray, k: int,
                           level: str = "image", min_similarity: float | None = None,
-                          include_self: bool = False) -> pd.DataFrame:
-    """The neighbour table from image-level candidate rows (``idx``: item rows, -1 = none)."""
+                          include_self: bool = False, scores: np.ndarray | None = None) -> pd.DataFrame:
+    """The neighbour table from image-level candidate rows (``idx``: item rows, -1 = none).
+
+    Neighbours are ranked by cosine similarity, or by ``scores`` (same shape as ``idx``,
+    e.g. diffusion's) when given; the ``similarity`` column is the cosine either way."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     products = items["productId"].astype(str).to_numpy()
     masters = np.repeat(np.arange(len(items)), idx.shape[1])
@@ -96,16 +99,17 @@ def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.n
     valid = similar >= 0
     masters, similar = masters[valid], similar[valid]
     sims = np.einsum("ij,ij->i", embeddings[masters], embeddings[similar])
-    pairs = pd.DataFrame({"m": masters, "n": similar, "similarity": sims})
+    pairs = pd.DataFrame({"m": masters, "n": similar, "similarity": sims,
+                          "score": sims if scores is None else np.asarray(scores).ravel()[valid]})
     paths = items["path"].to_numpy()
     pairs["master_pi"], pairs["similar_pi"] = products[masters], products[similar]
     if level == "product":
         if not include_self:
             pairs = pairs[pairs["master_pi"] != pairs["similar_pi"]]
         # best image pair per (master product, neighbour product)
-        pairs = pairs.sort_values(["similarity", "m", "n"], ascending=[False, True, True], kind="stable")
+        pairs = pairs.sort_values(["score", "m", "n"], ascending=[False, True, True], kind="stable")
         pairs = pairs.drop_duplicates(["master_pi", "similar_pi"])
-    pairs = pairs.sort_values(["similarity", "n"], ascending=[False, True], kind="stable")
+    pairs = pairs.sort_values(["score", "n"], ascending=[False, True], kind="stable")
     group_key = "m" if level == "image" else "master_pi"
     pairs["rank"] = pairs.groupby(group_key, sort=False).cumcount() + 1
     pairs = pairs[pairs["rank"] <= k]
@@ -237,7 +241,7 @@ def refresh_candidates(run_dir: str | Path, embeddings: np.ndarray, items: pd.Da
     again) or None when a full search is the better choice (no saved lists, another
     ``fetch``, or more than ``max_changed_fraction`` of the catalog changed).
     """
-    from .index import ExactIndex, pair_cosine
+    from .index import ExactIndex
 
     run_dir = Path(run_dir)
     if not (run_dir / CANDIDATES).exists() or not (run_dir / CANDIDATE_ITEMS).exists():
@@ -313,7 +317,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
                     search_k: int | None = None, pca_dims: int | None = None,
                     index_params: dict | None = None, include_self: bool = False, level: str = "product",
                     min_similarity: float | None = None, duplicate_threshold: float = 0.95,
-                    refresh: bool = True, query_expansion: int = 0) -> dict:
+                    refresh: bool = True, query_expansion: int = 0, rerank: str = "none") -> dict:
     """Notebook 03's work: neighbour lists for the run's store, written as every output file.
 
     backend "auto": 02's recommendation (index_choice.json) if present, else ``auto_choice``:
@@ -327,10 +331,16 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
     its n nearest neighbours before the search (average query expansion applied to the
     whole catalog, so similarities stay symmetric; scores are cosines of those vectors).
-    A refresh is then not possible: every vector may have moved. See docs/benchmarks.md
-    ("Quality") for what it buys. Returns neighbors_meta.json's content.
+    A refresh is then not possible: every vector may have moved. ``rerank="diffusion"``: each
+    product's first ``diffusion.SHORTLIST`` images are re-ordered by diffusion over their own
+    neighbour graph (``helpers.diffusion``); ``similarity`` stays the cosine, so it need not
+    fall with the rank; no refresh either. See docs/benchmarks.md ("Quality") for what they
+    buy. Returns neighbors_meta.json's content.
     """
+    from . import diffusion
+
     check_counts(k=k)
+    diffusion.check_rerank(rerank)
     import time
 
     run_dir = Path(run_dir)
@@ -359,16 +369,23 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         embeddings = expand(embeddings, embeddings, nearest, query_expansion)
         refresh = False
         (run_dir / CANDIDATES).unlink(missing_ok=True)  # saved lists of expanded vectors cannot be refreshed
+    if rerank != "none":  # a re-ranked list depends on every neighbour's neighbours: search again
+        refresh = False
+        (run_dir / CANDIDATES).unlink(missing_ok=True)
     refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if refresh else None
     if refreshed is not None:
         idx, searched = refreshed
     else:
         index = build_index(embeddings, backend, **settings)
-        idx, _ = index.all_neighbors(fetch, include_self=include_self)
+        shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
+        idx, _ = index.all_neighbors(shortlist, include_self=include_self)
         searched = len(items)
-    if not query_expansion:
+    scores = None
+    if rerank == "diffusion":
+        idx, scores = diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
+    elif not query_expansion:
         save_candidates(run_dir, idx, items)
-    table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self)
+    table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self, scores)
     before = run_dir / "neighbors.parquet"
     changed = changed_masters(pd.read_parquet(before), table) if before.exists() else None
     write_nearest_neighbors_json(table, run_dir / "nearest_neighbors.json")
@@ -378,7 +395,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     meta = {
         "backend": backend, "index_params": settings, "k": k, "level": level,
         "include_self": include_self, "min_similarity": min_similarity, "query_expansion": query_expansion,
-        "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
+        "rerank": rerank, "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
         "pairs": len(table), "near_duplicate_pairs": len(duplicates),
         "refreshed": refreshed is not None, "items_searched": int(searched),
         "masters_with_changed_neighbors": changed, "seconds": round(time.perf_counter() - start, 3),
