@@ -37,41 +37,55 @@ def check_rerank(rerank: str) -> None:
 
 
 def rerank(gallery_vectors: np.ndarray, candidates: np.ndarray, similarities: np.ndarray,
-           k: int) -> tuple[np.ndarray, np.ndarray]:
+           k: int, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Re-order each query's candidates (gallery rows, best first, -1 = none; with the query's
     cosine ``similarities`` to them) by diffusion. Returns the first ``k`` (rows, scores),
-    padded with -1 / NaN like a search."""
+    padded with -1 / NaN like a search. Queries with full shortlists go ``batch`` at a time."""
     n_queries = len(candidates)
     rows = np.full((n_queries, k), -1, np.int64)
     scores = np.full((n_queries, k), np.nan, np.float32)
-    for q in range(n_queries):
+    full = np.flatnonzero((candidates >= 0).all(axis=1)) if candidates.shape[1] else np.array([], int)
+    for start in range(0, len(full), batch):
+        group = full[start:start + batch]
+        found = candidates[group]
+        f = diffuse(np.asarray(gallery_vectors[found.ravel()], np.float32).reshape(*found.shape, -1),
+                    np.asarray(similarities[group], np.float32))
+        _keep(rows, scores, group, found, f, k)
+    for q in np.setdiff1d(np.arange(n_queries), full):  # short lists: one at a time
         valid = candidates[q] >= 0
-        found, sims = candidates[q][valid], np.asarray(similarities[q][valid], np.float32)
-        if len(found) == 0:
-            continue
-        f = diffuse(np.asarray(gallery_vectors[found], np.float32), sims)
-        order = np.lexsort((found, -f))[:k]  # best score first; ties by gallery row, as searches break them
-        rows[q, :len(order)], scores[q, :len(order)] = found[order], f[order]
+        if valid.any():
+            found = candidates[q][valid][None]
+            f = diffuse(np.asarray(gallery_vectors[found[0]], np.float32)[None],
+                        np.asarray(similarities[q][valid], np.float32)[None])
+            _keep(rows, scores, [q], found, f, k)
     return rows, scores
+
+
+def _keep(rows, scores, queries, found, f, k):
+    for i, q in enumerate(queries):
+        order = np.lexsort((found[i], -f[i]))[:k]  # best score first; ties by gallery row, as searches
+        rows[q, :len(order)], scores[q, :len(order)] = found[i][order], f[i][order]
 
 
 def diffuse(vectors: np.ndarray, query_similarity: np.ndarray, graph_k: int = GRAPH_K, seeds: int = SEEDS,
             alpha: float = ALPHA, gamma: float = GAMMA) -> np.ndarray:
-    """Diffusion scores of one query's shortlist: unit ``vectors`` (m, dim) of the results and
-    the query's cosine similarity to each, best first."""
-    m = len(vectors)
-    affinity = vectors @ vectors.T
-    np.fill_diagonal(affinity, -np.inf)
+    """Diffusion scores of shortlists: unit ``vectors`` (..., m, dim) of each query's results and
+    the query's cosine similarity to each (..., m), best first. Returns (..., m)."""
+    m = vectors.shape[-2]
+    affinity = vectors @ np.swapaxes(vectors, -1, -2)
+    diagonal = np.arange(m)
+    affinity[..., diagonal, diagonal] = -np.inf
     links = min(graph_k, m - 1)
-    graph = np.zeros((m, m), np.float32)
+    graph = np.zeros_like(affinity)
     if links > 0:
-        nearest = np.argpartition(-affinity, links - 1, axis=1)[:, :links]
-        weight = np.maximum(np.take_along_axis(affinity, nearest, axis=1), 0) ** gamma
-        np.put_along_axis(graph, nearest, weight, axis=1)
-        graph = np.minimum(graph, graph.T)  # mutual links only
-    degree = graph.sum(axis=1)
+        nearest = np.argpartition(-affinity, links - 1, axis=-1)[..., :links]
+        weight = np.maximum(np.take_along_axis(affinity, nearest, axis=-1), 0) ** gamma
+        np.put_along_axis(graph, nearest, weight, axis=-1)
+        graph = np.minimum(graph, np.swapaxes(graph, -1, -2))  # mutual links only
+    degree = graph.sum(axis=-1)
     scale = np.where(degree > 0, 1 / np.sqrt(np.maximum(degree, 1e-12)), 0.0).astype(np.float32)
-    normalised = graph * scale[:, None] * scale[None, :]
-    start = np.zeros(m, np.float32)
-    start[:seeds] = np.maximum(query_similarity[:seeds], 0) ** gamma
-    return np.linalg.solve(np.eye(m, dtype=np.float32) - alpha * normalised, start)
+    normalised = graph * scale[..., :, None] * scale[..., None, :]
+    start = np.zeros(query_similarity.shape, np.float32)
+    start[..., :seeds] = np.maximum(query_similarity[..., :seeds], 0) ** gamma
+    system = np.eye(m, dtype=np.float32) - alpha * normalised
+    return np.linalg.solve(system, start[..., None])[..., 0]
