@@ -29,6 +29,9 @@ numbers behind the defaults are in docs/benchmarks.md ("Quality").
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from .store import l2_normalise
@@ -47,7 +50,7 @@ def check_options(pooling: str, focus: str, hog_weight: float = 0.0) -> None:
         raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}")
     if focus not in FOCUS:
         raise ValueError(f"focus={focus!r}; choose one of {FOCUS}")
-    if isinstance(hog_weight, bool) or not isinstance(hog_weight, (int, float)) or not 0 <= hog_weight < float("inf"):
+    if isinstance(hog_weight, bool) or not isinstance(hog_weight, numbers.Real) or not 0 <= hog_weight < math.inf:
         raise ValueError(f"hog_weight={hog_weight!r}; must be a number >= 0 (0 = off, 1 = as much as the model)")
 
 
