@@ -171,6 +171,8 @@ def test_search_by_image_embeds_photos_like_the_run(tiny_catalog, tmp_path):
     embed.embed_folder(tiny_catalog, tmp_path / "run", hog_weight=1.0, progress=False)
     table = search_by_image(tmp_path / "run", [tiny_catalog / "rocket_copy.png"], k=1, level="image")
     assert table["similar_path"].tolist() == ["rocket_copy.png"] and table["similarity"].iloc[0] > 0.999
+    diffused = search_by_image(tmp_path / "run", [tiny_catalog / "rocket_copy.png"], k=3, rerank="diffusion")
+    assert len(diffused) == 3 and diffused["similar_path"].iloc[0] in {"rocket_copy.png", "rocket.jpg"}
 
 
 def test_expand_averages_with_the_first_neighbours():

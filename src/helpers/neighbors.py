@@ -156,13 +156,15 @@ def near_duplicates(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return out.drop_duplicates(["product_a", "product_b"]).reset_index(drop=True)
 
 
-def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, level: str = "product") -> pd.DataFrame:
+def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, level: str = "product",
+                    rerank: str = "none") -> pd.DataFrame:
     """Top-k catalog products for photos that are not in the catalog (paths or arrays).
 
     The photos are embedded with the run's own model, resize mode, pooling, focus, hog_weight and
     precision, and whitened with the run's own whitening, so they are comparable with its store;
     ``index`` defaults to exact search. At ``level="product"`` (as 03) a product with several
-    images is listed once, by its most similar image. A file that cannot be read is skipped
+    images is listed once, by its most similar image. ``rerank="diffusion"`` re-orders the
+    results as 03 does (``similarity`` stays the cosine). A file that cannot be read is skipped
     with a warning naming it; the other photos are still answered.
     """
     import warnings
@@ -174,7 +176,10 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     from .index import ExactIndex
     from .models import load_model
 
+    from . import diffusion
+
     check_counts(k=k)
+    diffusion.check_rerank(rerank)
     columns = ["query", "rank", "similar_pi", "similarity", "similar_path"]
     embeddings, items, meta = store.load_store(run_dir)
     fetch = fetch_size(items, k, level)
@@ -200,7 +205,10 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
         from . import whitening
 
         vectors = whitening.Whitening.load(whitening.path_in(run_dir)).apply(vectors)
-    idx, _ = (index or ExactIndex(embeddings)).search(vectors, min(fetch, len(items)))
+    shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
+    idx, sims = (index or ExactIndex(embeddings)).search(vectors, min(shortlist, len(items)))
+    if rerank == "diffusion":
+        idx, _ = diffusion.rerank(embeddings, idx, sims, min(fetch, len(items)))
     products, paths = items["productId"].astype(str).to_numpy(), items["path"].to_numpy()
     rows = []
     for q, (label, found) in enumerate(zip(labels, idx)):
