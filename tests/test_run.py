@@ -43,6 +43,7 @@ def test_evaluation_notebook_measures_both_benchmarks(tiny_run):
     assert metrics["fashion-mnist: queries"] == 4
     assert 0.0 <= metrics["fashion-mnist: precision@3"] <= 1.0
     assert "pooling=gem" in metrics["near-duplicates: evaluated with"]  # what "auto" means for Lite0
+    assert metrics["near-duplicates: evaluated with"].endswith("query_expansion=0, rerank=none")
     page = (run_dir / "report.html").read_text()
     assert "near-duplicates: recall@1 (background)" in page and "fashion-mnist: precision@3" in page
 

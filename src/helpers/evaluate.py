@@ -548,7 +548,8 @@ def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
     if query_expansion:
         vectors = _expand_all(vectors, query_expansion)
     result = near_duplicate_benchmark(vectors, bench_items, labels, k, rerank=rerank)
-    result.update(folder=folder, items=bench_items, labels=labels, options=options,
+    result.update(folder=folder, items=bench_items, labels=labels,
+                  options={**options, "query_expansion": query_expansion, "rerank": rerank},
                   images_per_second=bench_meta.get("images_per_second"),
                   n_sources=len(sources), n_distractors=len(distractors))
     return result
@@ -604,7 +605,7 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
                                      seed=seed, cache_dir=cache_dir() / "benchmarks" / "fashion-mnist",
                                      cache_key=key, postprocess=options["postprocess"],
                                      query_expansion=query_expansion, rerank=rerank)
-    result["options"] = options
+    result["options"] = {**options, "query_expansion": query_expansion, "rerank": rerank}
     return result
 
 
@@ -619,7 +620,7 @@ def run_labels(run_dir: str | Path, labels: str | Path, k: int = 20, n_queries: 
     if query_expansion:
         embeddings = _expand_all(embeddings, query_expansion)
     result = labels_benchmark(embeddings, items, labels, k=k, n_queries=n_queries, seed=seed, rerank=rerank)
-    result["options"] = embedding_options(run_dir)
+    result["options"] = {**embedding_options(run_dir), "query_expansion": query_expansion, "rerank": rerank}
     return result
 
 
@@ -628,7 +629,8 @@ def headline(name: str, result: dict, k: int) -> dict:
     summary = result["summary"]
     overall = summary.loc["all"]
     options = result.get("options") or {}
-    figures = {f"{name}: evaluated with": ", ".join(f"{n}={options[n]}" for n in OPTION_NAMES if n in options),
+    shown = OPTION_NAMES + ("query_expansion", "rerank")  # the embedding, then the search
+    figures = {f"{name}: evaluated with": ", ".join(f"{n}={options[n]}" for n in shown if n in options),
                f"{name}: queries": int(overall["queries"])}
     if name == "near-duplicates":
         for column in dict.fromkeys(("recall@1", "recall@5", f"recall@{k}")):
