@@ -140,9 +140,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     The catalog is matched before any image is decoded, so catalog problems fail fast.
     Incremental and resumable: images whose bytes (sha256) are already in the run folder's
     store, or in the checkpoints of an interrupted run, are not embedded again, provided
-    ``model_handle``, ``resize``, ``pooling``, ``focus``, ``hog_weight`` and ``precision`` are the same;
-    removed images are dropped. ``pooling`` / ``focus`` / ``hog_weight``: see ``helpers.features``. ``postprocess="whiten"``
-    learns PCA-whitening on the catalog's vectors (``whitening.npz``, see ``helpers.whitening``);
+    ``model_handle``, ``resize``, ``pooling``, ``focus``, ``hog_weight`` and ``precision`` are the
+    same; removed images are dropped. ``pooling`` / ``focus`` / ``hog_weight``: see
+    ``helpers.features``. ``postprocess="whiten"`` learns PCA-whitening on the catalog's vectors (``whitening.npz``, see ``helpers.whitening``);
     readers get whitened vectors through ``store.load_store``.
 
     ``engine``: "local" (this process) or "ray" (a Ray actor pool: ``ray.init()`` on this

@@ -20,10 +20,10 @@
 - ``hog_weight`` (default 0, off): append the picture's outline, a HOG descriptor (histogram
   of oriented gradients, Dalal & Triggs 2005) of the same square view shrunk to 32x32 grey,
   summed with its mirror image's (left- and right-facing copies match), weighted against the
-  model's unit vector (1 = as much as the model). For catalogs of
-  upright packshots on plain backgrounds, where the cut of a product is what tells it apart
-  (Fashion-MNIST +0.03 precision@20); it costs mirrored and re-staged photos (flips, new
-  backgrounds), so it is off by default. No model pass; ``HOG_DIM`` more numbers per vector.
+  model's unit vector (1 = as much as the model). For catalogs of upright packshots on plain
+  backgrounds, where the cut of a product is what tells it apart (Fashion-MNIST +0.03
+  precision@20); a new background brings new edges, so it costs re-staged photos and is off
+  by default. No model pass; ``HOG_DIM`` more numbers per vector.
 
 ``Embedder(model, pooling, focus, hog_weight)(batch)`` returns L2-normalised float32 vectors; the
 numbers behind the defaults are in docs/benchmarks.md ("Quality").
