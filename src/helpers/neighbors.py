@@ -171,12 +171,10 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
 
     from PIL import Image
 
-    from . import images
+    from . import diffusion, images
     from .features import Embedder
     from .index import ExactIndex
     from .models import load_model
-
-    from . import diffusion
 
     check_counts(k=k)
     diffusion.check_rerank(rerank)
