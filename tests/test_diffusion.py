@@ -28,7 +28,7 @@ def test_a_loner_sinks_below_the_chain_it_outranked():
 
 def test_rerank_pads_like_a_search_and_ties_break_by_row():
     _, gallery = arc_and_loner()
-    candidates = np.array([[3, 4, -1, -1], [-1, -1, -1, -1], [5, 5 - 1, 6, 7]])
+    candidates = np.array([[3, 4, -1, -1], [-1, -1, -1, -1], [5, 4, 6, 7]])
     sims = np.array([[0.9, 0.8, np.nan, np.nan], [np.nan] * 4, [0.7, 0.7, 0.6, 0.5]], np.float32)
     rows, scores = diffusion.rerank(gallery, candidates, sims, k=3)
     assert rows.shape == scores.shape == (3, 3)

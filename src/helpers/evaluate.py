@@ -25,7 +25,6 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from . import diffusion, images, synthetic
-from .diffusion import check_rerank
 from .index import ExactIndex, check_counts
 
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
@@ -100,7 +99,7 @@ def retrieve(query_vectors: np.ndarray, gallery_vectors: np.ndarray, k: int,
 
     ``rerank="diffusion"``: the first ``diffusion.SHORTLIST`` re-ordered by diffusion, which
     then gives the scores (see ``helpers.diffusion``)."""
-    check_rerank(rerank)
+    diffusion.check_rerank(rerank)
     gallery_vectors = np.ascontiguousarray(gallery_vectors, dtype=np.float32)
     fetch = k if rerank == "none" else max(k, diffusion.SHORTLIST)
     found = ExactIndex(gallery_vectors).search(np.ascontiguousarray(query_vectors, dtype=np.float32),
@@ -530,7 +529,7 @@ def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
     ``options`` overrides) in its own run folder, incrementally on the next call.
     """
     check_counts(k=k, n_sources=n_sources, variants_per_source=variants_per_source)
-    check_rerank(rerank)
+    diffusion.check_rerank(rerank)
     from . import embed, store
 
     options = embedding_options(run_dir, **options)
@@ -587,7 +586,7 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     """The Fashion-MNIST protocol with the run's embedding options (vectors cached per option
     set under the model cache, so repeated runs do not embed again)."""
     check_counts(k=k, n_queries=n_queries)
-    check_rerank(rerank)
+    diffusion.check_rerank(rerank)
     from .models import CONVERSION_VERSION, cache_dir
 
     options = embedding_options(run_dir, **options)
@@ -613,7 +612,7 @@ def run_labels(run_dir: str | Path, labels: str | Path, k: int = 20, n_queries: 
                query_expansion: int = 0, rerank: str = "none", seed: int = 0) -> dict:
     """The "labels" benchmark on the run's own vectors (as 03 sees them)."""
     check_counts(k=k, n_queries=n_queries)
-    check_rerank(rerank)
+    diffusion.check_rerank(rerank)
     from . import store
 
     embeddings, items, _ = store.load_store(run_dir)
