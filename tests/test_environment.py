@@ -1,9 +1,14 @@
 """environment.yml (conda) and pyproject.toml (pip) install the same packages."""
+import ast
 import re
+import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +39,45 @@ def test_environment_installs_the_project():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ." in pip
     assert any(str(d).startswith("python=3.11") for d in env["dependencies"])
+
+
+def imported_top_modules() -> set[str]:
+    """Third-party modules that src/helpers imports (anywhere, also inside functions)."""
+    modules = set()
+    for path in (ROOT / "src" / "helpers").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    return {m for m in modules if m not in sys.stdlib_module_names and m != "helpers"}
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """Distribution names installed by these requirements, following their own requirements."""
+    seen, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        for extra in requirement.extras or {""}:
+            for sub in metadata.requires(requirement.name) or []:
+                sub = Requirement(sub)
+                if sub.marker is None or sub.marker.evaluate({"extra": extra}):
+                    todo.append(sub)
+    return seen
+
+
+def test_every_import_of_the_package_is_installed_by_its_dependencies():
+    """A plain `pip install .` (no test extra) must provide what the helpers import at run
+    time; ray is the scale extra's, imported only for engine="ray"."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    provided = installed_closure(project["dependencies"])
+    scale = installed_closure(project["optional-dependencies"]["scale"])
+    distributions = metadata.packages_distributions()
+    missing = {module: distributions.get(module) for module in imported_top_modules()
+               if not {canonicalize_name(d) for d in distributions.get(module, [])} & provided
+               and not (module == "ray" and {canonicalize_name(d) for d in distributions.get(module, [])} & scale)}
+    assert not missing, f"imported by src/helpers but not installed by pyproject's dependencies: {missing}"
