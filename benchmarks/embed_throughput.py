@@ -6,7 +6,8 @@ All in one process, on the same images and the same model, so the ratios hold on
 shared machine:
   (a) the reference: one image per forward pass (tf.io decode_jpeg + resize_with_pad),
       one text file per vector (np.savetxt);
-  (b) our pipeline: helpers.embed.embed_folder, for each model runtime, and with precision="int8";
+  (b) our pipeline: helpers.embed.embed_folder with the default options, for each model runtime,
+      with precision="int8", and without the outline (hog_weight=0);
   (c) the model alone on pre-decoded uint8 tensors, for each runtime (and int8) and a few batch sizes.
 (b) and (c) are steady-state rates: the one-off TFLite conversion counts as model loading.
 Also the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh process.
@@ -124,10 +125,13 @@ def throughput(n_images: int, model_handle: str) -> dict:
         (Path(tmp) / "txt").mkdir()
         results["a_reference_loop"] = reference_loop(tf_model._fn, files, Path(tmp) / "txt")
 
-        for runtime, precision in (("tf", "float32"), ("tflite", "float32"), ("tflite", "int8")):
-            meta = embed_folder(sub, Path(tmp) / f"run_{runtime}_{precision}", model_handle=model_handle,
-                                runtime=runtime, precision=precision, batch_size=32, progress=False)
-            name = runtime if precision == "float32" else precision
+        # the default embedding options (GeM + the outline), and once without the outline
+        for runtime, precision, outline in (("tf", "float32", True), ("tflite", "float32", True),
+                                            ("tflite", "int8", True), ("tflite", "float32", False)):
+            options = {} if outline else {"hog_weight": 0.0}
+            meta = embed_folder(sub, Path(tmp) / f"run_{runtime}_{precision}_{outline}", model_handle=model_handle,
+                                runtime=runtime, precision=precision, batch_size=32, progress=False, **options)
+            name = (runtime if precision == "float32" else precision) + ("" if outline else "_no_outline")
             results[f"b_pipeline_{name}_batch32"] = meta["images_per_second"]
 
         pixels = np.stack([images.decode_image(f.read_bytes(), size)[0] for f in files[:256]])
@@ -142,13 +146,14 @@ def throughput(n_images: int, model_handle: str) -> dict:
         for name, fn in (("tflite", lite_model.embed), ("int8", int8_model.embed)):
             # pooled vectors of the same pictures, for the cosine of int8 to float32
             results[f"vectors_{name}"] = fn(pixels)
-    float_b = max(v for k, v in results.items() if k.startswith("b_") and "int8" not in k)
+    float_b = max(v for k, v in results.items() if k.startswith("b_") and "int8" not in k and "no_outline" not in k)
     float_c = max(v for k, v in results.items() if k.startswith("c_") and "int8" not in k)
     int8_c = max(v for k, v in results.items() if k.startswith("c_model_int8"))
     results["ratio_b_over_a"] = float_b / results["a_reference_loop"]
     results["ratio_b_over_best_c"] = float_b / float_c
     results["ratio_b_int8_over_a"] = results["b_pipeline_int8_batch32"] / results["a_reference_loop"]
     results["ratio_b_int8_over_b_float32"] = results["b_pipeline_int8_batch32"] / float_b
+    results["ratio_b_over_b_no_outline"] = results["b_pipeline_tflite_batch32"] / results["b_pipeline_tflite_no_outline_batch32"]
     results["ratio_c_int8_over_c_float32"] = int8_c / float_c
     a, b = results.pop("vectors_tflite"), results.pop("vectors_int8")
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import store
+from helpers.features import HOG_DIM
 from helpers.catalog import CatalogError
 from helpers.embed import embed_folder
 from conftest import BAD, GOOD, write_catalog
@@ -29,7 +30,8 @@ def test_good_files_embedded_bad_files_explained(hostile_run):
     assert reasons["broken.heic"].startswith("corrupt image data")
     assert meta["n_items"] == len(GOOD) and meta["n_skipped"] == len(BAD)
     assert meta["other_files"] == {".txt": 1}  # readme.txt: counted, never read
-    assert embeddings.shape == (len(GOOD), 1280) and embeddings.dtype == np.float32
+    assert embeddings.shape == (len(GOOD), 1280 + HOG_DIM)  # the model's numbers + the outline's
+    assert embeddings.dtype == np.float32
 
 
 def test_store_rows_line_up(hostile_run, hostile_dir):
@@ -43,7 +45,7 @@ def test_store_rows_line_up(hostile_run, hostile_dir):
     cat = items.set_index("path").loc["rotated.jpg"]
     assert (cat["width"], cat["height"]) == (300, 451)  # EXIF-rotated chelsea (451 x 300)
     assert meta["model_handle"] == "efficientnet-lite0" and meta["resize"] == "crop"
-    assert json.loads((run_dir / store.META).read_text())["dim"] == 1280
+    assert json.loads((run_dir / store.META).read_text())["dim"] == 1280 + HOG_DIM
 
 
 def test_same_product_in_other_formats_is_its_nearest_neighbour(hostile_run):

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from helpers import export, store
+from helpers.features import HOG_DIM
 from helpers.neighbors import write_neighbors
 
 
@@ -41,7 +42,7 @@ def test_sqlite_round_trip_and_one_query_answer(run_dir):
         "EXPLAIN QUERY PLAN SELECT similar_pi FROM neighbors WHERE master_pi = ? ORDER BY rank", (master,)))
     assert "USING INDEX" in plan or "PRIMARY KEY" in plan  # answered from the key, no scan
     meta = dict(con.execute("SELECT key, value FROM run_meta"))
-    assert meta["model_handle"] == "efficientnet-lite0" and meta["dim"] == "1280"
+    assert meta["model_handle"] == "efficientnet-lite0" and meta["dim"] == str(1280 + HOG_DIM)
     n_products = con.execute("SELECT count(*) FROM products").fetchone()[0]
     assert n_products == store.load_items(run_dir)["productId"].nunique()
     export.to_sqlite(run_dir)  # re-export replaces, never duplicates

@@ -51,9 +51,11 @@ def test_options_give_unit_vectors_of_the_model_dim(model):
     batch = np.stack([np.asarray(photo(n).resize((224, 224))) for n in ("coffee", "rocket")])
     for pooling in features.POOLINGS:
         for focus in features.FOCUS:
-            out = features.Embedder(model, pooling, focus)(batch)
-            assert out.shape == (2, model.dim) and out.dtype == np.float32
-            np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+            for hog_weight, dim in ((0, model.dim), (features.DEFAULT_HOG_WEIGHT, model.dim + features.HOG_DIM)):
+                out = features.Embedder(model, pooling, focus, hog_weight)(batch)
+                assert out.shape == (2, dim) and out.dtype == np.float32
+                np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    assert features.Embedder(model).dim == 1280 + features.HOG_DIM  # the default: model + outline
     # "auto" is gem for a model with a feature map; TFLite and TF give the same vectors
     tf_model = models.load_model("efficientnet-lite0", runtime="tf")
     for pooling in ("avg", "gem"):
@@ -74,7 +76,8 @@ def test_pooled_only_hub_module_says_what_is_missing(tmp_path):
 
     tf.saved_model.save(Pooled(), str(tmp_path / "pooled"))
     module = models.load_model(str(tmp_path / "pooled"))
-    assert features.Embedder(module)(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 3)
+    assert features.Embedder(module, hog_weight=0)(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 3)
+    assert features.Embedder(module)(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 3 + features.HOG_DIM)
     with pytest.raises(models.ModelUnavailableError, match="feature map"):
         features.Embedder(module, pooling="gem")
 
@@ -125,11 +128,31 @@ def test_hog_outline_keeps_shape_and_ignores_brightness():
     assert same > 0.95 and other < same - 0.2 and mirror > 0.9999, (same, other, mirror)
 
 
+def test_batch_hog_is_scikit_images_hog():
+    """helpers.features.hog (all pictures at once) gives scikit-image's hog of each picture:
+    real photos, their mirror images, a flat picture and a binary silhouette."""
+    from skimage.feature import hog
+
+    def grey(picture):
+        return np.asarray(picture.convert("L").resize((features.HOG_SIZE,) * 2, Image.BOX), np.float32)
+
+    pictures = [grey(photo(n)) for n in ("chelsea", "coffee", "astronaut", "rocket")]
+    pictures += [p[:, ::-1] for p in pictures]
+    silhouette = np.where(np.add.outer(range(32), range(32)) > 31, 255, 0).astype(np.float32)  # flat but its edge
+    pictures += [np.full((32, 32), 7, np.float32), silhouette]
+    ours = features.hog(np.stack(pictures))
+    theirs = np.stack([hog(p, orientations=features.HOG_ORIENTATIONS, pixels_per_cell=(features.HOG_CELL,) * 2,
+                           cells_per_block=(2, 2), block_norm="L2-Hys", feature_vector=False) for p in pictures])
+    assert ours.shape == theirs.shape == (10, 7, 7, 2, 2, 9)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert features.hog_vectors(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, features.HOG_DIM)
+
+
 def test_hog_weight_mixes_the_two_cosines(model):
     """cos(a, b) of the joined vector = (model cosine + w^2 * outline cosine) / (1 + w^2)."""
     pictures = np.stack([np.asarray(photo(n).resize((224, 224))) for n in ("chelsea", "coffee", "rocket")])
-    plain, joined = features.Embedder(model, "gem"), features.Embedder(model, "gem", hog_weight=0.5)
-    assert joined.dim == plain.dim + features.HOG_DIM == 1280 + 1764
+    plain, joined = features.Embedder(model, "gem", hog_weight=0), features.Embedder(model, "gem", hog_weight=0.5)
+    assert joined.dim == plain.dim + features.HOG_DIM == 1280 + 882
     a, m, h = joined(pictures), plain(pictures), features.hog_vectors(pictures)
     np.testing.assert_allclose(a @ a.T, (m @ m.T + 0.25 * (h @ h.T)) / 1.25, atol=1e-5)
     np.testing.assert_array_equal(features.Embedder(model, "gem", hog_weight=0)(pictures), m)
@@ -142,8 +165,8 @@ def test_hog_weight_must_be_a_number_at_least_zero(model, bad):
 
 
 def test_hog_weight_lifts_fashion_mnist(tmp_path):
-    """What the option is for: upright garments on a plain background, told apart by their cut
-    (Fashion-MNIST subset; docs/benchmarks.md has the full protocol)."""
+    """What the outline is for: garments told apart by their cut (Fashion-MNIST subset;
+    docs/benchmarks.md has the full protocol). The default weight lifts it, more weight more."""
     from helpers import evaluate
 
     def precision(hog_weight):
@@ -151,4 +174,5 @@ def test_hog_weight_lifts_fashion_mnist(tmp_path):
                                             hog_weight=hog_weight, progress=False)
         return result["summary"].loc["all", "precision@20"]
 
-    assert precision(1.0) > precision(0.0) + 0.01
+    off, default, full = precision(0.0), precision(features.DEFAULT_HOG_WEIGHT), precision(1.0)
+    assert default > off + 0.01 and full > default, (off, default, full)

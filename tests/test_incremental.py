@@ -1,4 +1,5 @@
 """Day-2 runs of 01: grown / shrunk / modified catalogs, and runs killed with SIGKILL."""
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from PIL import Image, ImageOps
 
 from helpers import store
 from helpers.embed import embed_folder
+from helpers.features import HOG_DIM
 from conftest import PHOTOS, photo
 
 
@@ -87,7 +89,21 @@ def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
     outlined = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision="int8", hog_weight=1.0,
                             progress=False)
     assert outlined["n_reused"] == 0 and outlined["previous_store"].startswith("replaced")
-    assert outlined["dim"] == 1280 + 1764 and store.load_store(tmp_path / "run")[0].shape == (24, 1280 + 1764)
+    assert outlined["dim"] == 1280 + HOG_DIM and store.load_store(tmp_path / "run")[0].shape == (24, 1280 + HOG_DIM)
+
+
+def test_a_store_of_the_first_outline_is_embedded_again(catalog_dir, tmp_path):
+    """Stores written before the outline was folded (1,764 HOG numbers, no hog_dim in their
+    meta) must not be mixed with the 882-number outline."""
+    embed_folder(catalog_dir, tmp_path / "run", progress=False)
+    meta_path = tmp_path / "run" / store.META
+    meta = json.loads(meta_path.read_text())
+    assert meta["hog_weight"] == 0.5 and meta["hog_dim"] == HOG_DIM
+    del meta["hog_dim"]  # as the first outline's stores were written
+    meta_path.write_text(json.dumps(meta))
+    again = embed_folder(catalog_dir, tmp_path / "run", progress=False)
+    assert again["n_reused"] == 0 and again["previous_store"].startswith("replaced")
+    assert embed_folder(catalog_dir, tmp_path / "run", progress=False)["n_reused"] == 24
 
 
 def start_embedding(image_dir, run_dir):
@@ -176,8 +192,6 @@ def test_refreshed_neighbours_equal_a_full_run(catalog_dir, tmp_path, level):
 def test_a_run_with_nothing_to_embed_keeps_the_runtime(catalog_dir, tmp_path):
     """Nothing new: no model is loaded, and the meta carries the runtime of the reused vectors --
     also from a store written before engine= meant local/ray (it recorded the runtime as engine)."""
-    import json
-
     run_dir = tmp_path / "run"
     first = embed_folder(catalog_dir, run_dir, progress=False)
     again = embed_folder(catalog_dir, run_dir, progress=False)

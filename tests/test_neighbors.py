@@ -175,6 +175,20 @@ def test_search_by_image_embeds_photos_like_the_run(tiny_catalog, tmp_path):
     assert len(diffused) == 3 and diffused["similar_path"].iloc[0] in {"rocket_copy.png", "rocket.jpg"}
 
 
+def test_search_by_image_refuses_a_store_of_other_dimensions(tiny_catalog, tmp_path):
+    """A store written by a version whose options gave other vectors (the first outline had
+    1,764 HOG numbers) says to re-embed instead of failing inside the search."""
+    from helpers import embed, store
+    from helpers.neighbors import search_by_image
+
+    embed.embed_folder(tiny_catalog, tmp_path / "run", progress=False)
+    meta = json.loads((tmp_path / "run" / store.META).read_text())
+    meta["dim"] = 1280 + 1764
+    (tmp_path / "run" / store.META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="3044 numbers.*2162.*re-run 01"):
+        search_by_image(tmp_path / "run", [tiny_catalog / "rocket_copy.png"], k=1)
+
+
 def test_expand_averages_with_the_first_neighbours():
     from helpers.neighbors import expand
 

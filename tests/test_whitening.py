@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import embed, images, neighbors, store, whitening
+from helpers.features import HOG_DIM
 
 
 def test_whitening_decorrelates_and_normalises():
@@ -37,7 +38,7 @@ def test_run_whitening_is_applied_identically_to_new_queries(tiny_catalog, tmp_p
     vectors, items, _ = store.load_store(run_dir)
     raw, _, _ = store.load_store(run_dir, postprocessed=False)
     # readers see the whitened vectors (a catalog of 8 images supports 7 axes)
-    assert vectors.shape == (8, 7) and raw.shape == (8, 1280)
+    assert vectors.shape == (8, 7) and raw.shape == (8, 1280 + HOG_DIM)
     # a query photo goes through the same model and the same learned transform
     row = int(np.flatnonzero(items["path"] == "coffee.jpg")[0])
     query, _ = images.decode_image((tiny_catalog / "coffee.jpg").read_bytes(), 224)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, catalog as catalog_mod, features, images, store, whitening
-from .features import Embedder
+from .features import DEFAULT_HOG_WEIGHT, Embedder
 from .models import DEFAULT_MODEL, PRECISIONS, load_model
 from .store import PartialWork
 
@@ -131,7 +131,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
                  catalog: str | Path | None = None, on_missing: str = "error",
                  max_pixels: int = images.MAX_PIXELS, runtime: str = "auto",
                  workers: int | None = None, checkpoint_every: int = 1024,
-                 pooling: str = "auto", focus: str = "none", hog_weight: float = 0.0,
+                 pooling: str = "auto", focus: str = "none", hog_weight: float = DEFAULT_HOG_WEIGHT,
                  postprocess: str = "none", precision: str = "float32", engine: str = "local",
                  progress: bool = True) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the run summary.
@@ -180,7 +180,8 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
     workers = workers or max(1, os.cpu_count() or 1)
 
     key = {"model_handle": model_handle, "resize": resize, "max_pixels": max_pixels,
-           "pooling": pooling, "focus": focus, "hog_weight": float(hog_weight), "precision": precision}
+           "pooling": pooling, "focus": focus, "hog_weight": float(hog_weight),
+           "hog_dim": features.HOG_DIM if hog_weight else 0, "precision": precision}
     work = PartialWork(run_dir, key)
     work.recover()  # a previous run died while moving its finished files into place
     pool, previous, old_paths, same_key = store.VectorPool(), None, set(), False
@@ -190,7 +191,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, model_handle: str =
         old_paths = set(old_items["path"])
         # stores written before pooling/focus/hog_weight/precision existed: whole-image average pooling, float32
         old_key = {**previous, "pooling": previous.get("pooling", "avg"), "focus": previous.get("focus", "none"),
-                   "hog_weight": previous.get("hog_weight", 0.0), "precision": previous.get("precision", "float32")}
+                   "hog_weight": previous.get("hog_weight", 0.0), "precision": previous.get("precision", "float32"),
+                   # the first outline (before hog_dim was recorded) kept all 1,764 HOG numbers
+                   "hog_dim": previous.get("hog_dim", 1764 if previous.get("hog_weight") else 0)}
         same_key = {k: old_key.get(k) for k in key} == key
         if same_key:  # never mix vectors of different models or preprocessing
             pool.add(old_vectors, old_items)
@@ -389,7 +392,7 @@ def _versions() -> dict:
 
 def embed_pixels(pictures, model_handle: str = DEFAULT_MODEL, resize: str = "crop",
                  batch_size: int = 64, runtime: str = "auto", model=None, pooling: str = "auto",
-                 focus: str = "none", hog_weight: float = 0.0, precision: str = "float32",
+                 focus: str = "none", hog_weight: float = DEFAULT_HOG_WEIGHT, precision: str = "float32",
                  progress: bool = False) -> np.ndarray:
     """L2-normalised vectors for in-memory pictures (uint8 arrays or PIL images), in order.
 

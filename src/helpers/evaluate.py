@@ -587,12 +587,13 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     set under the model cache, so repeated runs do not embed again)."""
     check_counts(k=k, n_queries=n_queries)
     diffusion.check_rerank(rerank)
+    from .features import HOG_DIM
     from .models import CONVERSION_VERSION, cache_dir
 
     options = embedding_options(run_dir, **options)
     key = "-".join(str(options[n]) for n in ("model_handle", "resize", "pooling", "focus"))
     key += "-int8" if options["precision"] == "int8" else ""  # float32 keeps the keys it had
-    key += f"-hog{options['hog_weight']:g}" if options["hog_weight"] else ""  # and so does hog_weight=0
+    key += f"-hog{options['hog_weight']:g}x{HOG_DIM}" if options["hog_weight"] else ""  # and so does hog_weight=0
     key += f"-v{CONVERSION_VERSION}"  # a rebuilt model must not reuse old vectors
     key = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     if data_dir is not None:  # another copy of the data set gets its own cache

@@ -183,6 +183,9 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     fetch = fetch_size(items, k, level)
     model = Embedder(load_model(meta["model_handle"], precision=meta.get("precision", "float32")),
                      meta.get("pooling", "avg"), meta.get("focus", "none"), meta.get("hog_weight", 0.0))
+    if model.dim != meta.get("dim", model.dim):  # e.g. a store from before the outline was folded
+        raise ValueError(f"the run's vectors have {meta['dim']} numbers, but its options give {model.dim} in "
+                         f"this version of lookalike: re-run 01 on {run_dir} to embed the catalog again")
     labels, batch = [], []
     for i, p in enumerate(pictures):
         if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
