@@ -50,6 +50,26 @@ def test_sqlite_round_trip_and_one_query_answer(run_dir):
         "SELECT master_pi, rank, similar_pi, similarity FROM neighbors")) == rows
 
 
+def test_the_runs_own_sqlite_follows_the_run_when_its_options_change(tiny_catalog, tmp_path):
+    """03 writes run_dir/neighbors.sqlite on every run: re-embedding the same run folder with
+    other options (here the outline off) replaces it instead of stopping 03."""
+    from helpers.embed import embed_folder
+
+    run = tmp_path / "run"
+    embed_folder(tiny_catalog, run, catalog=tiny_catalog / "image_data.json", progress=False)
+    write_neighbors(run, k=3)
+    export.to_sqlite(run)
+    embed_folder(tiny_catalog, run, catalog=tiny_catalog / "image_data.json", hog_weight=0.0, progress=False)
+    write_neighbors(run, k=3)
+    meta = dict(sqlite3.connect(export.to_sqlite(run)).execute("SELECT key, value FROM run_meta"))
+    assert meta["dim"] == "1280" and meta["hog_weight"] == "0.0"
+    shutil.copy(run / "neighbors.sqlite", tmp_path / "copy.sqlite")
+    embed_folder(tiny_catalog, run, catalog=tiny_catalog / "image_data.json", progress=False)
+    write_neighbors(run, k=3)
+    with pytest.raises(export.ExportError, match="another run setup"):  # any other file still refuses
+        export.to_sqlite(run, tmp_path / "copy.sqlite")
+
+
 def test_sqlite_refuses_another_model_and_other_schema(run_dir, tmp_path):
     path = tmp_path / "other.sqlite"
     con = sqlite3.connect(path)

@@ -98,14 +98,17 @@ def _create_sql(sqlite: bool) -> list[str]:
 
 
 def to_sqlite(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Load the run into a SQLite file (default ``run_dir/neighbors.sqlite``)."""
+    """Load the run into a SQLite file (default ``run_dir/neighbors.sqlite``, the run's own copy,
+    which follows the run even when its embedding options changed; any other file refuses
+    neighbours of another run setup)."""
     products, neighbors, run_meta = export_tables(run_dir)
+    own = path is None
     path = Path(path) if path else Path(run_dir) / "neighbors.sqlite"
     con = sqlite3.connect(path)
     try:
         found = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in SCHEMA}
         _check_columns({t: c for t, c in found.items() if c}, str(path))
-        if found["run_meta"]:
+        if found["run_meta"] and not own:
             _check_compatible(dict(con.execute("SELECT key, value FROM run_meta")), run_meta, str(path))
         with con:  # one transaction: all or nothing
             for sql in _create_sql(sqlite=True):
