@@ -16,7 +16,8 @@
 - ``focus="center-zoom"``: the normalised sum of two centre-weighted vectors, of the picture
   and of its central ``ZOOM`` (75%) of the side, enlarged: the product seen at two scales
   with less of the scene around it. Two model passes; the best on products pasted into busy
-  scenes (docs/benchmarks.md, "Quality").
+  scenes (docs/benchmarks.md, "Quality"), with ``hog_weight=0`` (a scene's edges are not the
+  product's outline).
 - ``hog_weight`` (default ``DEFAULT_HOG_WEIGHT`` = 0.5): append the picture's outline, a HOG
   descriptor (histogram of oriented gradients, Dalal & Triggs 2005) of the same square view
   shrunk to 32x32 grey, summed with its mirror image's (left- and right-facing copies match),
