@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from helpers import store
-from helpers.features import HOG_DIM
 from helpers.catalog import CatalogError
 from helpers.embed import embed_folder
+from helpers.features import HOG_DIM
 from conftest import BAD, GOOD, write_catalog
 
 

@@ -75,9 +75,8 @@ def test_every_import_of_the_package_is_installed_by_its_dependencies():
     time; ray is the scale extra's, imported only for engine="ray"."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     provided = installed_closure(project["dependencies"])
-    scale = installed_closure(project["optional-dependencies"]["scale"])
+    allowed = {"ray": installed_closure(project["optional-dependencies"]["scale"])}
     distributions = metadata.packages_distributions()
     missing = {module: distributions.get(module) for module in imported_top_modules()
-               if not {canonicalize_name(d) for d in distributions.get(module, [])} & provided
-               and not (module == "ray" and {canonicalize_name(d) for d in distributions.get(module, [])} & scale)}
+               if not {canonicalize_name(d) for d in distributions.get(module, [])} & allowed.get(module, provided)}
     assert not missing, f"imported by src/helpers but not installed by pyproject's dependencies: {missing}"
