@@ -1,8 +1,11 @@
 """Shared fixtures: real photos from scikit-image, a small catalog with hostile files."""
 from __future__ import annotations
 
+import glob
 import io
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,38 @@ from skimage import data as skdata
 from helpers import images  # noqa: F401  (registers the HEIC opener the fixtures write with)
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Debian packages some tests need (`make system` installs them): how to tell each is here.
+# Missing, a test is skipped with the reason; under CI=true it fails instead, so CI always
+# proves that `make test` installed them.
+SYSTEM_PARTS = {
+    "fashion-mnist": ("dataset-fashion-mnist",
+                      lambda: Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists()),
+    "postgresql": ("postgresql", lambda: bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))),
+    "chromium": ("chromium", lambda: bool(shutil.which("chromium"))),
+}
+
+
+def require(part: str) -> None:
+    """Skip (fail under CI=true) unless the system part ``part`` is installed."""
+    package, present = SYSTEM_PARTS[part]
+    if present():
+        return
+    reason = f"{part} is not installed: sudo make system (Debian's {package})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true, so a missing part is a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def fashion_mnist_data():
+    require("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    require("chromium")
+    return shutil.which("chromium")
 PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
 
 
@@ -150,9 +185,6 @@ def postgres_dsn():
 
     Set LOOKALIKE_TEST_POSTGRES to a connection string to use an existing server instead.
     """
-    import glob
-    import os
-    import shutil
     import socket
     import subprocess
     import tempfile
@@ -160,8 +192,8 @@ def postgres_dsn():
     if os.environ.get("LOOKALIKE_TEST_POSTGRES"):
         yield os.environ["LOOKALIKE_TEST_POSTGRES"]
         return
+    require("postgresql")
     bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    assert bindirs, "PostgreSQL server binaries not found: apt-get install postgresql (.ci/run does)"
     bindir = Path(bindirs[-1])
     data = tempfile.mkdtemp(prefix="lookalike-pg-")
     as_postgres = []

@@ -37,7 +37,7 @@ def test_rerank_pads_like_a_search_and_ties_break_by_row():
     assert set(rows[2]) <= {4, 5, 6, 7} and np.all(np.diff(scores[2]) <= 0)
 
 
-def test_diffusion_helps_on_fashion_mnist_pixels():
+def test_diffusion_helps_on_fashion_mnist_pixels(fashion_mnist_data):
     """Real data, no model: 200 test pictures against 3,000 train pictures as raw pixels."""
     train, train_labels = fashion_mnist.load("train")
     test, test_labels = fashion_mnist.load("test")

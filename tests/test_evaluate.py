@@ -172,7 +172,7 @@ def test_split_sources_avoids_lookalikes():
     assert len(chosen) == 50
 
 
-def test_fashion_mnist_benchmark_on_pixels():
+def test_fashion_mnist_benchmark_on_pixels(fashion_mnist_data):
     """The protocol itself, with raw pixels as the 'model': far better than chance (0.1)."""
     def pixels(pictures):
         v = np.asarray(pictures, dtype=np.float32).reshape(len(pictures), -1)

@@ -164,7 +164,7 @@ def test_hog_weight_must_be_a_number_at_least_zero(model, bad):
         features.Embedder(model, "gem", hog_weight=bad)
 
 
-def test_hog_weight_lifts_fashion_mnist(tmp_path):
+def test_hog_weight_lifts_fashion_mnist(tmp_path, fashion_mnist_data):
     """What the outline is for: garments told apart by their cut (Fashion-MNIST subset;
     docs/benchmarks.md has the full protocol). The default weight lifts it, more weight more."""
     from helpers import evaluate

@@ -1,5 +1,6 @@
 """The real notebooks, executed by papermill through the runner, on small data."""
 import json
+import re
 
 import nbformat
 import pandas as pd
@@ -78,3 +79,22 @@ def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
         nb = json.loads(path.read_text())
         assert any("parameters" in c["metadata"].get("tags", []) for c in nb["cells"]), path.name
         assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), path.name
+
+
+@pytest.mark.parametrize("notebook", run.NOTEBOOKS)
+def test_papermill_reads_every_parameter_with_its_type(notebook):
+    """``papermill --help-notebook`` lists each assignment of the parameters cell, typed."""
+    import ast
+    import subprocess
+    import sys
+
+    path = run.NOTEBOOK_DIR / notebook
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    declared = [node.target.id for node in ast.parse(cell.source).body if isinstance(node, ast.AnnAssign)]
+    assert len(declared) == len(ast.parse(cell.source).body)  # every line is `name: type = value`
+    papermill = [sys.executable, "-c", "import sys; from papermill.cli import papermill; sys.exit(papermill())"]
+    shown = subprocess.run(papermill + ["--help-notebook", str(path)], capture_output=True, text=True,
+                           check=True).stdout
+    listed = dict(re.findall(r"^  (\w+): (.+?) \(default ", shown, flags=re.M))
+    assert list(listed) == declared, shown
+    assert "Unknown type" not in listed.values() and "Unable to parse" not in shown

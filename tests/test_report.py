@@ -1,4 +1,5 @@
 """Reports: key figures, and the HTML opens in a real browser with every image visible."""
+import re
 import shutil
 import subprocess
 
@@ -12,10 +13,8 @@ CHECK_IMAGES = """<script>window.addEventListener('load', () => {
 });</script>"""
 
 
-def browser_image_count(html_path, tmp_path):
+def browser_image_count(chromium, html_path, tmp_path):
     """(images, broken images) as headless Chromium sees the page."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed for this test (.ci/run installs it)"
     probe = tmp_path / f"probe_{html_path.name}"
     probe.write_text(html_path.read_text(encoding="utf-8").replace("</body>", CHECK_IMAGES + "</body>"),
                      encoding="utf-8")
@@ -30,19 +29,47 @@ def browser_image_count(html_path, tmp_path):
     return int(images), int(broken)
 
 
-def test_report_and_notebooks_show_all_images_in_chromium(tiny_run, tmp_path):
+def test_report_and_notebooks_show_all_images_in_chromium(tiny_run, chromium, tmp_path):
     run_dir, _ = tiny_run
-    images, broken = browser_image_count(run_dir / "report.html", tmp_path)
+    images, broken = browser_image_count(chromium, run_dir / "report.html", tmp_path)
     assert images >= 1 and broken == 0  # the catalog map, inline
     # 01: the first-look figure; 04: two grids (queries=2) and the catalog map
     for name, expected in (("01_embed", 1), ("04_visual_grids", 3)):
-        images, broken = browser_image_count(run_dir / "notebooks" / f"{name}.html", tmp_path)
+        images, broken = browser_image_count(chromium, run_dir / "notebooks" / f"{name}.html", tmp_path)
         assert images == expected and broken == 0, name
     # self-contained: copied alone elsewhere, the grids page still shows every picture
     alone = tmp_path / "mailed"
     alone.mkdir()
     shutil.copy(run_dir / "notebooks" / "04_visual_grids.html", alone)
-    assert browser_image_count(alone / "04_visual_grids.html", tmp_path)[1] == 0
+    assert browser_image_count(chromium, alone / "04_visual_grids.html", tmp_path)[1] == 0
+
+
+def test_notebook_pages_fetch_nothing_from_the_internet(tiny_run):
+    """No require.js, MathJax or mermaid from a CDN: the pages open offline."""
+    run_dir, _ = tiny_run
+    for page in [run_dir / "report.html", *sorted((run_dir / "notebooks").glob("*.html"))]:
+        text = page.read_text(encoding="utf-8")
+        fetched = re.findall(r'<(?:script|link|img|iframe)[^>]+(?:src|href)\s*=\s*["\']?(?:https?:)?//', text)
+        fetched += re.findall(r"url\(\s*[\"']?(?:https?:)?//", text) + re.findall(r"@import", text)
+        assert not fetched, (page.name, fetched[:3])
+        assert "cdnjs" not in text and "MathJax.js" not in text, page.name
+
+
+def test_files_follow_the_umask(tmp_path):
+    """Written like any file the user writes (0666 less the umask), not tempfile's 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        store.write_json(tmp_path / "a.json", {"a": 1})
+        report.write_report(tmp_path, {}, [])
+        os.umask(0o077)
+        store.write_json(tmp_path / "b.json", {"b": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_key_figures_read_whatever_the_run_has(tiny_run, tmp_path):

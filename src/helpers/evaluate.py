@@ -487,6 +487,19 @@ def check_benchmarks(benchmark) -> list[str]:
     return names
 
 
+def unavailable(benchmarks: list[str], data_dir=None) -> dict[str, str]:
+    """The requested benchmarks whose data is missing here, each with the reason and the one
+    command that enables it: 05 runs the others and says so."""
+    from . import fashion_mnist
+
+    reasons = {}
+    if "fashion-mnist" in benchmarks:
+        reason = fashion_mnist.missing(data_dir or fashion_mnist.DEFAULT_DIR)
+        if reason:
+            reasons["fashion-mnist"] = reason
+    return reasons
+
+
 OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "hog_weight", "precision", "postprocess")
 
 
@@ -644,11 +657,13 @@ def headline(name: str, result: dict, k: int) -> dict:
     return figures
 
 
-def write_metrics(run_dir: str | Path, results: dict, k: int, parameters: dict | None = None) -> dict:
-    """Write ``run_dir/metrics.json``: flat headline figures plus every summary table."""
+def write_metrics(run_dir: str | Path, results: dict, k: int, parameters: dict | None = None,
+                  skipped: dict | None = None) -> dict:
+    """Write ``run_dir/metrics.json``: flat headline figures plus every summary table, and the
+    benchmarks ``skipped`` for want of their data (name: why and how to enable it)."""
     from . import store
 
-    metrics = {}
+    metrics = {f"{name}: skipped": reason for name, reason in (skipped or {}).items()}
     for name, result in results.items():
         metrics.update(headline(name, result, k))
     metrics["details"] = {name: {"summary": result["summary"].reset_index().to_dict(orient="records"),

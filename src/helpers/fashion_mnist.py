@@ -30,6 +30,21 @@ def read_idx(path: str | Path) -> np.ndarray:
     return body.reshape(shape)
 
 
+def missing(data_dir: str | Path = DEFAULT_DIR) -> str | None:
+    """Why the data set cannot be read from ``data_dir`` and the one command that fixes it,
+    or None when its four files are there."""
+    data_dir = Path(data_dir)
+    absent = [f"{prefix}-{kind}.gz" for prefix in ("train", "t10k")
+              for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+              if not any((data_dir / f"{prefix}-{kind}{ext}").exists() for ext in (".gz", ""))]
+    if not absent:
+        return None
+    if data_dir == DEFAULT_DIR:
+        return (f"Fashion-MNIST is not installed ({data_dir} has no {absent[0]}); "
+                "enable it with: sudo make system (Debian's dataset-fashion-mnist)")
+    return f"{data_dir} has no {absent[0]}: pass data_dir a folder with the Fashion-MNIST IDX files"
+
+
 def load(split: str = "train", data_dir: str | Path = DEFAULT_DIR) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels uint8 (N,)) of the "train" or "test" split."""
     prefix = {"train": "train", "test": "t10k"}[split]

@@ -266,7 +266,9 @@ def _write_atomically(path: Path, content: bytes) -> None:
     of the same conversion each leave a whole file). A cache that cannot be written is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        from .store import temporary_file
+
+        fd, tmp = temporary_file(path)
         with os.fdopen(fd, "wb") as f:
             f.write(content)
         os.replace(tmp, path)
@@ -474,8 +476,12 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m helpers.models [NAME ...]``: build (or find) the cached backbones."""
     import sys
 
+    from .console import chatter_to
+
     for name in (argv if argv is not None else sys.argv[1:]) or [DEFAULT_MODEL]:
-        print(f"{name}: {build_efficientnet_lite(name)}")
+        with chatter_to(cache_dir() / "build.log"):  # TensorFlow's start-up lines
+            built = build_efficientnet_lite(name)
+        print(f"{name}: {built}")
 
 
 if __name__ == "__main__":

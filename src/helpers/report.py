@@ -21,14 +21,27 @@ img{max-width:100%;border:1px solid #eee}
 """
 
 
+# JupyterLab's template without what it loads from CDNs (require.js, MathJax, mermaid, widgets):
+# the page must open offline, from a mail or a shared drive
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def notebook_to_html(notebook: str | Path, target: str | Path | None = None) -> Path:
     """Export an executed notebook to a self-contained HTML file next to it (or at target)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     notebook = Path(notebook)
     target = Path(target) if target else notebook.with_suffix(".html")
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(notebook, as_version=4))
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})])
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     with store.atomic_path(target) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return target
@@ -92,7 +105,7 @@ def write_report(run_dir: str | Path, parameters: dict, notebooks: list[dict]) -
     run_dir = Path(run_dir)
     links = []
     for nb in notebooks:
-        status = ('<span class="ok">ok</span>' if nb["status"] == "ok"
+        status = (f'<span class="ok">{html.escape(nb["status"])}</span>' if nb.get("ok", nb["status"] == "ok")
                   else f'<span class="fail">{html.escape(nb["status"])}</span>')
         link = (f'<a href="{html.escape(Path(nb["html"]).relative_to(run_dir).as_posix())}">'
                 f'{html.escape(nb["name"])}</a>' if nb.get("html") else html.escape(nb["name"]))

@@ -19,11 +19,12 @@ import itertools
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
-from . import report, store
+from . import console, report, store
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb",
@@ -31,6 +32,7 @@ NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04
 EMBED_NOTEBOOK = "01_embed.ipynb"
 PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir", "labels", "backgrounds"}
 STORE_FILES = [store.EMBEDDINGS, store.ITEMS, store.SKIPPED, store.META]
+LOG = "run.log"  # library and kernel chatter (TensorFlow, absl, Jupyter), not the terminal
 
 
 class ParameterError(ValueError):
@@ -86,8 +88,6 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
     ``embeddings_from``: a finished run folder with the same 01 parameters; its store and
     executed 01 are copied instead of embedding again.
     """
-    import papermill as pm
-
     base = base or Path.cwd()
     paths = [NOTEBOOK_DIR / n for n in (notebooks or NOTEBOOKS)]
     per_notebook = resolve_parameters(config, paths, base)
@@ -99,32 +99,46 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
         raise ParameterError(f"run_dir={str(run_dir)!r}: cannot make the run folder there "
                              f"({exc.strerror or exc})") from None
     done: list[dict] = []
-    kernel_manager = _quiet_kernel_manager()
-    for nb in paths:
-        executed = out_dir / nb.name
-        if embeddings_from is not None and nb.name == EMBED_NOTEBOOK:
-            for name in STORE_FILES:
-                shutil.copy2(embeddings_from / name, run_dir / name)
-            for suffix in (".ipynb", ".html"):
-                shutil.copy2(embeddings_from / "notebooks" / nb.with_suffix(suffix).name,
-                             out_dir / nb.with_suffix(suffix).name)
-            done.append({"name": nb.stem, "html": executed.with_suffix(".html"),
-                         "status": f"ok (embeddings reused from {embeddings_from.name})"})
-            continue
-        print(f"running {nb.name} -> {executed}", flush=True)
-        try:
-            pm.execute_notebook(str(nb), str(executed), parameters=per_notebook[nb],
-                                cwd=str(NOTEBOOK_DIR), progress_bar=False,
-                                kernel_manager_class=kernel_manager)
-        except pm.PapermillExecutionError as exc:
-            html = report.notebook_to_html(executed)
-            message = f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
-            done.append({"name": nb.stem, "html": html, "status": message})
-            report.write_report(run_dir, config, done)
-            raise RunError(f"{message}\n  partial notebook: {html}") from None
-        done.append({"name": nb.stem, "html": report.notebook_to_html(executed), "status": "ok"})
+    (run_dir / LOG).unlink(missing_ok=True)  # this run's chatter only
+    with console.chatter_to(run_dir / LOG) as terminal:
+        for nb in paths:
+            done.append(_run_notebook(nb, out_dir, per_notebook[nb], embeddings_from, terminal))
+            if not done[-1]["ok"]:
+                report.write_report(run_dir, config, done)
+                raise RunError(f"{done[-1]['status']}\n  partial notebook: {done[-1]['html']}\n"
+                               f"  log: {run_dir / LOG}")
     report.write_report(run_dir, config, done)
     return run_dir
+
+
+def _run_notebook(nb: Path, out_dir: Path, parameters: dict, embeddings_from: Path | None,
+                  terminal) -> dict:
+    """Execute one notebook (or copy 01's store from ``embeddings_from``); print its line."""
+    import papermill as pm
+
+    executed = out_dir / nb.name
+    started = time.perf_counter()
+    if embeddings_from is not None and nb.name == EMBED_NOTEBOOK:
+        run_dir = out_dir.parent
+        for name in STORE_FILES:
+            shutil.copy2(embeddings_from / name, run_dir / name)
+        for suffix in (".ipynb", ".html"):
+            shutil.copy2(embeddings_from / "notebooks" / nb.with_suffix(suffix).name,
+                         out_dir / nb.with_suffix(suffix).name)
+        status = f"ok (embeddings reused from {embeddings_from.name})"
+        print(console.step_line(nb.stem, time.perf_counter() - started, status), flush=True)
+        return {"name": nb.stem, "html": executed.with_suffix(".html"), "status": status, "ok": True}
+    bar = {"file": terminal, "desc": nb.stem, "leave": False, "disable": not terminal.isatty()}
+    try:
+        pm.execute_notebook(str(nb), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
+                            progress_bar=bar, kernel_manager_class=_quiet_kernel_manager())
+        status = "ok"
+    except pm.PapermillExecutionError as exc:
+        status = f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    html = report.notebook_to_html(executed)
+    shown = "ok" if status == "ok" else "failed"
+    print(console.step_line(nb.stem, time.perf_counter() - started, shown), flush=True)
+    return {"name": nb.stem, "html": html, "status": status, "ok": status == "ok"}
 
 
 def _quiet_kernel_manager():
@@ -197,7 +211,7 @@ def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | Non
         combo["run_dir"] = str(run_dir)
         key = repr(sorted((k, repr(v)) for k, v in combo.items() if k in embed_names))
         reuse = embedded.get(key) if EMBED_NOTEBOOK in names else None
-        print(f"== {run_dir.name}" + (f" (embeddings from {reuse.name})" if reuse else ""), flush=True)
+        print(f"== {run_dir.name}", flush=True)
         try:
             run(combo, base, names, embeddings_from=reuse)
             status = "ok"

@@ -27,12 +27,33 @@ WHITENING = "whitening.npz"  # 01's postprocess="whiten" (helpers.whitening)
 ITEM_COLUMNS = ["row", "path", "imageName", "productId", "sha256", "width", "height"]
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc)."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_file(path: Path) -> tuple[int, str]:
+    """``mkstemp`` beside ``path``, but with the mode any file the user writes gets (0666
+    less the umask), not tempfile's private 0600: a shared folder or web server must read it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_file(path)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -80,7 +101,7 @@ class EmbeddingWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dim, self.rows = dim, 0
         self._header_len = len(_npy_header(0, dim))
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{EMBEDDINGS}.", suffix=".tmp", dir=self.path.parent)
+        fd, self._tmp = temporary_file(self.path)
         self._file = os.fdopen(fd, "wb")
         self._file.write(_npy_header(0, dim, self._header_len))
 
