@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from .runfolder import CATALOG
+
 ON_MISSING = ("error", "skip", "filename")
 
 
@@ -115,7 +117,7 @@ def _keys(rel_path: str) -> list[tuple[int, str]]:
 
 
 def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: str = "error",
-                  source: str = "image_data.json") -> CatalogMatch:
+                  source: str = CATALOG) -> CatalogMatch:
     """Assign a productId to every image path; raise CatalogError when ``on_missing='error'``.
 
     on_missing: "error" (stop before any work is done), "skip" (leave unlisted images out)

@@ -1,8 +1,8 @@
 """The "ray" engine of ``embed.embed_folder``: the local engine's code in a Ray actor pool.
 
 Ray Data spreads the file paths over an actor pool; each actor loads the model once
-(``features.Embedder`` on ``models.load_model``, one TFLite thread per actor CPU) and, per
-batch, reads, hashes and decodes its files with ``embed.read_and_decode`` -- the local
+(``EmbeddingOptions.embedder``, one TFLite thread per actor CPU) and, per
+batch, reads, hashes and decodes its files with ``decode.read_and_decode`` -- the local
 engine's function, so a file fails for the same reason either way -- and runs the model.
 The driver receives the results as they come and checkpoints them like the local engine.
 
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from .decode import Embedded, read_and_decode
 
 
 def start_ray():
@@ -38,22 +40,17 @@ def start_ray():
 class EmbedActor:
     """One model per worker; called with a batch of paths, returns a row per path."""
 
-    def __init__(self, root: str, options: dict, cache: str | None = None):
-        from .features import Embedder
-        from .models import load_model
+    def __init__(self, root: str, options: dict, runtime: str, cache: str | None = None):
+        from .options import EmbeddingOptions
 
         if cache:  # where the driver keeps converted models (same path on a shared disk)
             os.environ.setdefault("LOOKALIKE_CACHE", cache)
-        self.root, self.options = Path(root), options
-        self.model = Embedder(load_model(options["model_handle"], options["runtime"], threads=1,
-                                         precision=options["precision"]),
-                              options["pooling"], options["focus"], options["hog_weight"]).warm_up()
+        self.root, self.options = Path(root), EmbeddingOptions(**options)
+        self.model = self.options.embedder(runtime, threads=1).warm_up()
 
     def __call__(self, batch: dict) -> dict:
-        from .embed import read_and_decode
-
-        decoded = [read_and_decode(self.root, str(path), self.model.image_size, self.options["resize"],
-                                   self.options["max_pixels"]) for path in batch["path"]]
+        decoded = [read_and_decode(self.root, str(path), self.model.image_size, self.options.resize,
+                                   self.options.max_pixels) for path in batch["path"]]
         ok = np.array([d.pixels is not None for d in decoded], dtype=bool)
         vectors = np.full((len(decoded), self.model.dim), np.nan, np.float32)
         if ok.any():
@@ -69,22 +66,20 @@ class EmbedActor:
         }
 
 
-def ray_batches(root: Path, paths: list[str], options: dict, batch_size: int,
-                workers: int | None = None) -> Iterator:
-    """``embed.Embedded`` results for ``paths`` (relative to ``root``), as the actors finish them.
-
-    ``workers``: actors (default: one per CPU of the cluster), one CPU each.
+def ray_batches(root: Path, paths: list[str], options, runtime: str, batch_size: int,
+                workers: int | None = None) -> Iterator[Embedded]:
+    """``decode.Embedded`` results for ``paths`` (relative to ``root``), as the actors finish
+    them; ``options``: the ``EmbeddingOptions``. ``workers``: actors (default: one per CPU
+    of the cluster), one CPU each.
     """
-    from .embed import Embedded
-
     ray = start_ray()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # embed_folder shows its own bar
     n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     dataset = ray.data.from_items([{"path": p} for p in paths])
     embedded = dataset.map_batches(
-        EmbedActor, fn_constructor_kwargs={"root": str(Path(root).resolve()), "options": options,
-                                           "cache": os.environ.get("LOOKALIKE_CACHE")},
+        EmbedActor, fn_constructor_kwargs={"root": str(Path(root).resolve()), "options": options.as_dict(),
+                                           "runtime": runtime, "cache": os.environ.get("LOOKALIKE_CACHE")},
         batch_size=batch_size, batch_format="numpy", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=min(n_workers, max(1, len(paths)))))
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):

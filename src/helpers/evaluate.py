@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from . import diffusion, images, synthetic
+from . import diffusion, images, runfolder, synthetic
 from .index import ExactIndex, check_counts
+from .options import EmbeddingOptions
 
+EMBEDDING_SHOWN = ("model_handle", "resize", "pooling", "focus", "hog_weight", "precision", "postprocess")
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
 SOURCE_MAX_SIDE = 1024  # benchmark copies of bigger images are shrunk: the model sees 224-260 px
 
@@ -216,7 +218,7 @@ def _cached(cache_dir, name: str, pictures: np.ndarray, n: int, embed) -> np.nda
     new = embed(pictures[len(have):n])
     vectors = new if len(have) == 0 else np.concatenate([have, new])
     if path is not None:
-        from .store import atomic_path
+        from .runfolder import atomic_path
 
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -309,8 +311,8 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
         rows.append((f"images/{name}", f"D{d:05d}", "distractor", rel))
     labels = pd.DataFrame(rows, columns=["path", "group", "transform", "source"])
     labels["productId"] = labels["path"].map(lambda p: Path(p).stem)
-    labels.to_csv(out / "labels.csv", index=False)
-    with open(out / "image_data.json", "w", encoding="utf-8") as f:
+    labels.to_csv(out / runfolder.BENCHMARK_LABELS, index=False)
+    with open(out / runfolder.CATALOG, "w", encoding="utf-8") as f:
         for p, pid in zip(labels["path"], labels["productId"]):
             f.write(json.dumps({"imageName": p, "productId": pid}) + "\n")
     return labels
@@ -500,22 +502,17 @@ def unavailable(benchmarks: list[str], data_dir=None) -> dict[str, str]:
     return reasons
 
 
-OPTION_NAMES = ("model_handle", "resize", "pooling", "focus", "hog_weight", "precision", "postprocess")
+def embedding_options(run_dir: str | Path, **overrides) -> EmbeddingOptions:
+    """The options 05 measures: the run's store's (01's defaults in a folder without one),
+    with every non-None override applied."""
+    recorded = runfolder.record(run_dir, "embed").get("options")
+    return EmbeddingOptions.of(recorded, **overrides)
 
 
-def embedding_options(run_dir: str | Path, **overrides) -> dict:
-    """The run's embedding options (embed_meta.json), with any non-None override applied."""
-    from . import store
-
-    meta = store.load_meta(run_dir) if (Path(run_dir) / store.META).exists() else {}
-    defaults = {"model_handle": "efficientnet-lite0", "resize": "crop", "pooling": "avg",  # as before 05 existed
-                "focus": "none", "hog_weight": 0.0, "precision": "float32", "postprocess": "none"}
-    options = {name: meta.get(name, defaults[name]) for name in OPTION_NAMES}
-    options.update({name: value for name, value in overrides.items() if value is not None})
-    from .features import resolve_pooling
-
-    options["pooling"] = resolve_pooling(options["pooling"], options["model_handle"])
-    return options
+def searched_with(options: EmbeddingOptions, query_expansion: int, rerank: str) -> dict:
+    """What a benchmark measured: the embedding options ("auto" pooling resolved), then the search's."""
+    return {**options.as_dict(), "pooling": options.resolved_pooling, "query_expansion": query_expansion,
+            "rerank": rerank}
 
 
 def split_sources(embeddings: np.ndarray, n_sources: int, max_similarity: float = 0.9,
@@ -543,25 +540,32 @@ def run_near_duplicates(run_dir: str | Path, k: int = 20, n_sources: int = 300,
     """
     check_counts(k=k, n_sources=n_sources, variants_per_source=variants_per_source)
     diffusion.check_rerank(rerank)
+    options = embedding_options(run_dir, **options)
+    with runfolder.lock(run_dir, "05_evaluate"):
+        return _near_duplicates_in(run_dir, options, k, n_sources, variants_per_source, backgrounds,
+                                   query_expansion, rerank, seed, progress)
+
+
+def _near_duplicates_in(run_dir, options: EmbeddingOptions, k, n_sources, variants_per_source, backgrounds,
+                        query_expansion, rerank, seed, progress) -> dict:
     from . import embed, store
 
-    options = embedding_options(run_dir, **options)
     embeddings, items, meta = store.load_store(run_dir)
-    folder = Path(run_dir) / "benchmark_near_duplicates"
+    folder = Path(run_dir) / runfolder.NEAR_DUPLICATE_BENCHMARK
     sources, distractors = split_sources(embeddings, n_sources, seed=seed)
     paths = items["path"].tolist()
     make_near_duplicates(meta["image_dir"], [paths[i] for i in sources], folder,
                          variants_per_source=variants_per_source, backgrounds=backgrounds,
                          distractors=[paths[i] for i in distractors], seed=seed)
-    bench_run = folder / "run"
-    embed.embed_folder(folder, bench_run, catalog=folder / "image_data.json", progress=progress, **options)
+    bench_run = folder / runfolder.BENCHMARK_RUN
+    embed.embed_folder(folder, bench_run, options, catalog=folder / runfolder.CATALOG, progress=progress)
     vectors, bench_items, bench_meta = store.load_store(bench_run)
-    labels = pd.read_csv(folder / "labels.csv")
+    labels = pd.read_csv(folder / runfolder.BENCHMARK_LABELS)
     if query_expansion:
         vectors = _expand_all(vectors, query_expansion)
     result = near_duplicate_benchmark(vectors, bench_items, labels, k, rerank=rerank)
     result.update(folder=folder, items=bench_items, labels=labels,
-                  options={**options, "query_expansion": query_expansion, "rerank": rerank},
+                  options=searched_with(options, query_expansion, rerank),
                   images_per_second=bench_meta.get("images_per_second"),
                   n_sources=len(sources), n_distractors=len(distractors))
     return result
@@ -574,21 +578,18 @@ def _expand_all(vectors: np.ndarray, n: int) -> np.ndarray:
     return expand(vectors, vectors, nearest, n)
 
 
-def fashion_mnist_embedder(options: dict, batch_size: int = 64, progress: bool = True):
-    """``embed(pictures)`` for 28x28 grey pictures with the given embedding options."""
+def fashion_mnist_embedder(options: EmbeddingOptions, batch_size: int = 64, progress: bool = True):
+    """``embed(pictures)`` for 28x28 grey pictures with the given embedding options (the
+    model is loaded on the first call: a cached run needs none)."""
     from . import embed
-    from .features import Embedder
-    from .models import load_model
 
     state = {}
 
     def run(pictures: np.ndarray) -> np.ndarray:
         if "model" not in state:
-            state["model"] = Embedder(load_model(options["model_handle"], precision=options["precision"]),
-                                      options["pooling"], options["focus"], options["hog_weight"])
+            state["model"] = options.embedder()
         rgb = np.repeat(np.asarray(pictures)[..., None], 3, axis=-1)
-        return embed.embed_pixels(rgb, resize=options["resize"], model=state["model"],
-                                  batch_size=batch_size, progress=progress)
+        return embed.embed_pixels(rgb, options, model=state["model"], batch_size=batch_size, progress=progress)
 
     return run
 
@@ -600,15 +601,10 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     set under the model cache, so repeated runs do not embed again)."""
     check_counts(k=k, n_queries=n_queries)
     diffusion.check_rerank(rerank)
-    from .features import HOG_DIM
-    from .models import CONVERSION_VERSION, cache_dir
+    from .models import cache_dir
 
     options = embedding_options(run_dir, **options)
-    key = "-".join(str(options[n]) for n in ("model_handle", "resize", "pooling", "focus"))
-    key += "-int8" if options["precision"] == "int8" else ""  # float32 keeps the keys it had
-    key += f"-hog{options['hog_weight']:g}x{HOG_DIM}" if options["hog_weight"] else ""  # and so does hog_weight=0
-    key += f"-v{CONVERSION_VERSION}"  # a rebuilt model must not reuse old vectors
-    key = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    key = options.vector_key()  # the same vectors for the same pictures: the cache can serve them
     if data_dir is not None:  # another copy of the data set gets its own cache
         import hashlib
 
@@ -616,9 +612,9 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     base = fashion_mnist_embedder(options, progress=progress)
     result = fashion_mnist_benchmark(base, k=k, n_queries=n_queries, n_gallery=n_gallery, data_dir=data_dir,
                                      seed=seed, cache_dir=cache_dir() / "benchmarks" / "fashion-mnist",
-                                     cache_key=key, postprocess=options["postprocess"],
+                                     cache_key=key, postprocess=options.postprocess,
                                      query_expansion=query_expansion, rerank=rerank)
-    result["options"] = {**options, "query_expansion": query_expansion, "rerank": rerank}
+    result["options"] = searched_with(options, query_expansion, rerank)
     return result
 
 
@@ -633,7 +629,7 @@ def run_labels(run_dir: str | Path, labels: str | Path, k: int = 20, n_queries: 
     if query_expansion:
         embeddings = _expand_all(embeddings, query_expansion)
     result = labels_benchmark(embeddings, items, labels, k=k, n_queries=n_queries, seed=seed, rerank=rerank)
-    result["options"] = {**embedding_options(run_dir), "query_expansion": query_expansion, "rerank": rerank}
+    result["options"] = searched_with(embedding_options(run_dir), query_expansion, rerank)
     return result
 
 
@@ -642,7 +638,7 @@ def headline(name: str, result: dict, k: int) -> dict:
     summary = result["summary"]
     overall = summary.loc["all"]
     options = result.get("options") or {}
-    shown = OPTION_NAMES + ("query_expansion", "rerank")  # the embedding, then the search
+    shown = EMBEDDING_SHOWN + ("query_expansion", "rerank")  # the embedding, then the search
     figures = {f"{name}: evaluated with": ", ".join(f"{n}={options[n]}" for n in shown if n in options),
                f"{name}: queries": int(overall["queries"])}
     if name == "near-duplicates":
@@ -661,15 +657,17 @@ def write_metrics(run_dir: str | Path, results: dict, k: int, parameters: dict |
                   skipped: dict | None = None) -> dict:
     """Write ``run_dir/metrics.json``: flat headline figures plus every summary table, and the
     benchmarks ``skipped`` for want of their data (name: why and how to enable it)."""
-    from . import store
-
     metrics = {f"{name}: skipped": reason for name, reason in (skipped or {}).items()}
     for name, result in results.items():
         metrics.update(headline(name, result, k))
     metrics["details"] = {name: {"summary": result["summary"].reset_index().to_dict(orient="records"),
                                  "options": result.get("options")} for name, result in results.items()}
     metrics["parameters"] = parameters or {}
-    store.write_json(Path(run_dir) / "metrics.json", metrics)
+    metrics["computed_from"] = {"store_key": runfolder.store_key(run_dir), "parameters": parameters or {},
+                                "options": {name: result.get("options") for name, result in results.items()}}
+    with runfolder.lock(run_dir, "05_evaluate"):
+        staging = runfolder.Staging(run_dir, "evaluate")
+        staging.commit(metrics)
     return metrics
 
 

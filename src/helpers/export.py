@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import runfolder, store
+from .options import EmbeddingOptions
 
 SCHEMA = {
     "products": [("product_id", "TEXT"), ("image_path", "TEXT"), ("n_images", "INTEGER")],
@@ -44,10 +45,12 @@ class ExportError(RuntimeError):
 def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(products, neighbors, run_meta) ready to load, from 01's store and 03's output."""
     run_dir = Path(run_dir)
-    if not (run_dir / "neighbors.parquet").exists():
-        raise ExportError(f"{run_dir}: neighbors.parquet missing; run 03_neighbors first")
+    try:
+        runfolder.check_current(run_dir, "neighbors", "export")
+    except (FileNotFoundError, runfolder.StaleError) as exc:
+        raise ExportError(str(exc)) from None
     _, items, meta = store.load_store(run_dir)
-    table = pd.read_parquet(run_dir / "neighbors.parquet")
+    table = pd.read_parquet(run_dir / runfolder.NEIGHBORS)
     if table.duplicated(["master_pi", "rank"]).any():
         raise ExportError(f"{run_dir}: several images of one product are masters (level='image'); "
                           "re-run 03 with level='product' to export")
@@ -60,10 +63,11 @@ def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict
                           "with missing values; re-run 03_neighbors")
     neighbors["rank"] = neighbors["rank"].astype(int)
     neighbors["similarity"] = neighbors["similarity"].astype(float)
-    run_meta = {"model_handle": meta["model_handle"], "dim": str(meta["dim"]), "resize": meta["resize"],
-                "pooling": meta.get("pooling", "avg"), "focus": meta.get("focus", "none"),
-                "hog_weight": str(meta.get("hog_weight", 0.0)), "postprocess": meta.get("postprocess", "none"),
-                "run_dir": str(run_dir.resolve()), "products": str(len(products)),
+    options = EmbeddingOptions(**meta["options"])
+    run_meta = {"model_handle": options.model_handle, "dim": str(meta["dim"]), "resize": options.resize,
+                "pooling": options.resolved_pooling, "focus": options.focus, "hog_weight": str(options.hog_weight),
+                "precision": options.precision, "postprocess": options.postprocess,
+                "store_key": meta["computed_from"]["store_key"], "run_dir": str(run_dir.resolve()), "products": str(len(products)),
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return products, neighbors, run_meta
 
@@ -103,7 +107,7 @@ def to_sqlite(run_dir: str | Path, path: str | Path | None = None) -> Path:
     neighbours of another run setup)."""
     products, neighbors, run_meta = export_tables(run_dir)
     own = path is None
-    path = Path(path) if path else Path(run_dir) / "neighbors.sqlite"
+    path = Path(path) if path else Path(run_dir) / runfolder.SQLITE
     con = sqlite3.connect(path)
     try:
         found = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in SCHEMA}
@@ -200,11 +204,11 @@ def to_elasticsearch(run_dir: str | Path, index_name: str = "lookalike", folder:
     products, neighbors, _ = export_tables(run_dir)
     embeddings, items, meta = store.load_store(run_dir)
     first_row = items.drop_duplicates("productId").set_index("productId")["row"]
-    folder = Path(folder) if folder else run_dir / "elasticsearch"
+    folder = Path(folder) if folder else run_dir / runfolder.ELASTICSEARCH
     folder.mkdir(parents=True, exist_ok=True)
-    store.write_json(folder / "mapping.json", elasticsearch_mapping(int(embeddings.shape[1])))
+    runfolder.write_json(folder / runfolder.ES_MAPPING, elasticsearch_mapping(int(embeddings.shape[1])))
     similar = {m: g for m, g in neighbors.groupby("master_pi", sort=False)}
-    with store.atomic_path(folder / "products.ndjson") as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with runfolder.atomic_path(folder / runfolder.ES_DOCUMENTS) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for product in products.itertuples(index=False):
             group = similar.get(product.product_id)
             doc = {
@@ -217,11 +221,11 @@ def to_elasticsearch(run_dir: str | Path, index_name: str = "lookalike", folder:
             }
             f.write(json.dumps({"index": {"_index": index_name, "_id": product.product_id}}) + "\n")
             f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    (folder / "README.txt").write_text(
+    (folder / runfolder.ES_README).write_text(
         "Create the index, then post the documents:\n"
-        f"  curl -XPUT 'localhost:9200/{index_name}' -H 'Content-Type: application/json' -d @mapping.json\n"
+        f"  curl -XPUT 'localhost:9200/{index_name}' -H 'Content-Type: application/json' -d @{runfolder.ES_MAPPING}\n"
         "  curl -XPOST 'localhost:9200/_bulk' -H 'Content-Type: application/x-ndjson' "
-        "--data-binary @products.ndjson\n", encoding="utf-8")
+        f"--data-binary @{runfolder.ES_DOCUMENTS}\n", encoding="utf-8")
     return folder
 
 

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .store import l2_normalise
+from .vectors import l2_normalise
 
 POOLINGS = ("auto", "avg", "gem")
 FOCUS = ("none", "object", "multi", "center", "center-zoom")

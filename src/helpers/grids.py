@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots, store
+from . import plots, runfolder, store
 from .index import check_counts
 from .thumbnails import open_thumbnail, thumbnail_paths
 
 SHOW = ("random", "worst", "duplicates", "errors")
-GRIDS = "grids"
 
 
 def read_labels(path: str | Path) -> dict[str, str]:
@@ -75,11 +74,18 @@ def render_grids(run_dir: str | Path, queries=12, k: int = 8, columns: int = 9, 
     """Save one grid PNG per selected query under ``run_dir/grids``; return their paths."""
     check_counts(k=k, thumb_size=thumb_size)
     run_dir = Path(run_dir)
-    table = pd.read_parquet(run_dir / "neighbors.parquet")
+    with runfolder.lock(run_dir, "04_visual_grids"):
+        return _render(run_dir, queries, k, columns, thumb_size, show, seed, labels)
+
+
+def _render(run_dir: Path, queries, k: int, columns: int, thumb_size: int, show: str, seed: int,
+            labels: dict[str, str] | None) -> list[Path]:
+    runfolder.check_current(run_dir, "neighbors", "04_visual_grids")  # lists of this store only
+    table = pd.read_parquet(run_dir / runfolder.NEIGHBORS)
     items = store.load_items(run_dir)
     thumbs = dict(zip(items["path"], thumbnail_paths(run_dir, thumb_size)))
     chosen = select_queries(table, queries, show, seed, labels)
-    out_dir = run_dir / GRIDS
+    out_dir = run_dir / runfolder.GRIDS
     out_dir.mkdir(exist_ok=True)
     for old in out_dir.glob("*.png"):
         old.unlink()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import runfolder, store
 from .index import PARAMETERS, build_index, check_counts, pair_cosine
+from .vectors import l2_normalise
 
 LEVELS = ("image", "product")
 # product level: extra candidates per item for products with several images (see fetch_size);
@@ -132,7 +134,7 @@ def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.n
 
 def write_nearest_neighbors_json(table: pd.DataFrame, path: str | Path) -> None:
     """The reference's ``nearest_neighbors.json``, streamed (no list of dicts in memory)."""
-    with store.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with runfolder.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("[")
         for i, (sim, master, similar) in enumerate(
                 zip(table["similarity"], table["master_pi"], table["similar_pi"])):
@@ -171,26 +173,23 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
 
     from PIL import Image
 
-    from . import diffusion, images
-    from .features import Embedder
+    from . import diffusion, images, whitening
     from .index import ExactIndex
-    from .models import load_model
+    from .options import EmbeddingOptions
 
     check_counts(k=k)
     diffusion.check_rerank(rerank)
     columns = ["query", "rank", "similar_pi", "similarity", "similar_path"]
     embeddings, items, meta = store.load_store(run_dir)
     fetch = fetch_size(items, k, level)
-    model = Embedder(load_model(meta["model_handle"], precision=meta.get("precision", "float32")),
-                     meta.get("pooling", "avg"), meta.get("focus", "none"), meta.get("hog_weight", 0.0))
-    if model.dim != meta.get("dim", model.dim):  # e.g. a store from before the outline was folded
-        raise ValueError(f"the run's vectors have {meta['dim']} numbers, but its options give {model.dim} in "
-                         f"this version of lookalike: re-run 01 on {run_dir} to embed the catalog again")
+    options = EmbeddingOptions(**meta["options"])
+    model = options.embedder()
     labels, batch = [], []
     for i, p in enumerate(pictures):
         if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
             try:
-                batch.append(images.decode_image(images.read_file(p), model.image_size, meta["resize"])[0])
+                batch.append(images.decode_image(images.read_file(p), model.image_size, options.resize,
+                                                 options.max_pixels)[0])
             except images.ImageError as exc:
                 warnings.warn(f"{p}: {exc}; skipped", stacklevel=2)
                 continue
@@ -198,14 +197,12 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
         else:
             labels.append(f"query {i}")
             picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
-            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), model.image_size, meta["resize"])))
+            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), model.image_size, options.resize)))
     if not batch:
         return pd.DataFrame(columns=columns)
     vectors = model(np.stack(batch))
-    if meta.get("postprocess", "none") == "whiten":
-        from . import whitening
-
-        vectors = whitening.Whitening.load(whitening.path_in(run_dir)).apply(vectors)
+    if options.postprocess == "whiten":  # the run's own transform, as its store got
+        vectors = whitening.Whitening.load(Path(run_dir) / runfolder.WHITENING).apply(vectors)
     shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
     idx, sims = (index or ExactIndex(embeddings)).search(vectors, min(shortlist, len(items)))
     if rerank == "diffusion":
@@ -228,17 +225,13 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
 
 
 # --- refreshing after a small catalog change ---------------------------------------------
-CANDIDATES = "neighbor_candidates.npy"
-CANDIDATE_ITEMS = "neighbor_candidate_items.parquet"
-
-
-def save_candidates(run_dir: str | Path, idx: np.ndarray, items: pd.DataFrame) -> None:
+def save_candidates(folder: str | Path, idx: np.ndarray, items: pd.DataFrame) -> None:
     """Keep the image-level candidate lists (and which image each row was) for a refresh."""
-    run_dir = Path(run_dir)
-    with store.atomic_path(run_dir / CANDIDATES) as tmp:
+    folder = Path(folder)
+    with runfolder.atomic_path(folder / runfolder.CANDIDATES) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, idx)
-    store.write_table(run_dir / CANDIDATE_ITEMS, items[["path", "sha256"]])
+    runfolder.write_table(folder / runfolder.CANDIDATE_ITEMS, items[["path", "sha256"]])
 
 
 def refresh_candidates(run_dir: str | Path, embeddings: np.ndarray, items: pd.DataFrame, fetch: int,
@@ -253,10 +246,10 @@ def refresh_candidates(run_dir: str | Path, embeddings: np.ndarray, items: pd.Da
     from .index import ExactIndex
 
     run_dir = Path(run_dir)
-    if not (run_dir / CANDIDATES).exists() or not (run_dir / CANDIDATE_ITEMS).exists():
+    if not (run_dir / runfolder.CANDIDATES).exists() or not (run_dir / runfolder.CANDIDATE_ITEMS).exists():
         return None
-    old_idx = np.load(run_dir / CANDIDATES)
-    old_items = pd.read_parquet(run_dir / CANDIDATE_ITEMS)
+    old_idx = np.load(run_dir / runfolder.CANDIDATES)
+    old_items = pd.read_parquet(run_dir / runfolder.CANDIDATE_ITEMS)
     if old_idx.shape != (len(old_items), min(fetch, max(len(old_items) - (not include_self), 0))):
         return None
     embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -319,49 +312,20 @@ def expand(vectors: np.ndarray, gallery: np.ndarray, neighbors: np.ndarray, n: i
     for j in range(min(n, neighbors.shape[1])):
         found = neighbors[:, j] >= 0
         out[found] += gallery[neighbors[found, j]]
-    return store.l2_normalise(out)
+    return l2_normalise(out)
 
 
-def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
-                    search_k: int | None = None, pca_dims: int | None = None,
-                    index_params: dict | None = None, include_self: bool = False, level: str = "product",
-                    min_similarity: float | None = None, duplicate_threshold: float = 0.95,
-                    refresh: bool = True, query_expansion: int = 0, rerank: str = "none") -> dict:
-    """Notebook 03's work: neighbour lists for the run's store, written as every output file.
-
-    backend "auto": 02's recommendation (index_choice.json) if present, else ``auto_choice``:
-    exact search up to 6,500 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph,
-    or IVF-PQ when the graph would not fit in memory. Settings not given (``n_trees``,
-    ``search_k``, ``pca_dims`` for Annoy; ``index_params`` for any backend, e.g.
-    ``{"nprobe": 32}`` or ``{"M": 32, "ef": 128}``, see ``index.PARAMETERS``) come from
-    index_choice.json when it recommends the same backend. ``refresh``: when few images changed since the last
-    run, update the saved lists instead of searching everything again (not for a whitened
-    run: its whitening is learned again on the changed catalog, so every vector moves).
-    ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
-    its n nearest neighbours before the search (average query expansion applied to the
-    whole catalog, so similarities stay symmetric; scores are cosines of those vectors).
-    A refresh is then not possible: every vector may have moved. ``rerank="diffusion"``: each
-    product's first ``diffusion.SHORTLIST`` images are re-ordered by diffusion over their own
-    neighbour graph (``helpers.diffusion``); ``similarity`` stays the cosine, so it need not
-    fall with the rank; no refresh either. See docs/benchmarks.md ("Quality") for what they
-    buy. Returns neighbors_meta.json's content.
-    """
-    from . import diffusion
-
-    check_counts(k=k)
-    diffusion.check_rerank(rerank)
-    import time
-
-    run_dir = Path(run_dir)
-    start = time.perf_counter()
-    embeddings, items, embed_meta = store.load_store(run_dir)
-    if embed_meta.get("postprocess", "none") == "whiten":
-        refresh = False  # whitening is learned again on every catalog change: every vector moves
-    choice_path = run_dir / "index_choice.json"
-    choice = json.loads(choice_path.read_text()) if choice_path.exists() else {}
+def choose_index(run_dir: Path, n_items: int, vector_bytes: int, backend: str = "auto",
+                 n_trees: int | None = None, search_k: int | None = None, pca_dims: int | None = None,
+                 index_params: dict | None = None) -> tuple[str, dict]:
+    """(backend, settings) for 03: given ones first, then 02's recommendation when it was
+    measured on the current store (an older one is ignored), else ``auto_choice``."""
+    choice = runfolder.record(run_dir, "index")
+    if choice and choice.get("computed_from", {}).get("store_key") != runfolder.store_key(run_dir):
+        choice = {}  # measured on other vectors: a fresh folder would not have it either
     if backend == "auto":
         if not choice.get("backend"):
-            choice = auto_choice(len(items), int(np.asarray(embeddings[:1]).nbytes) * len(items))
+            choice = auto_choice(n_items, vector_bytes)
         backend = choice["backend"]
     if backend not in PARAMETERS:
         raise ValueError(f"backend={backend!r}; choose 'auto' or one of {tuple(PARAMETERS)}")
@@ -371,43 +335,95 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         settings.update({name: value for name, value in
                          (("n_trees", n_trees), ("search_k", search_k), ("pca_dims", pca_dims)) if value})
     settings.update({name: value for name, value in (index_params or {}).items() if value is not None})
-    fetch = fetch_size(items, k, level)
-    if query_expansion > 0 and len(items) > 1:
-        first = build_index(embeddings, backend, **settings)
-        nearest, _ = first.all_neighbors(query_expansion, include_self=False)
-        embeddings = expand(embeddings, embeddings, nearest, query_expansion)
-        refresh = False
-        (run_dir / CANDIDATES).unlink(missing_ok=True)  # saved lists of expanded vectors cannot be refreshed
-    if rerank != "none":  # a re-ranked list depends on every neighbour's neighbours: search again
-        refresh = False
-        (run_dir / CANDIDATES).unlink(missing_ok=True)
-    refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if refresh else None
-    if refreshed is not None:
-        idx, searched = refreshed
-    else:
-        index = build_index(embeddings, backend, **settings)
-        shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
-        idx, _ = index.all_neighbors(shortlist, include_self=include_self)
-        searched = len(items)
-    scores = None
-    if rerank == "diffusion":
-        idx, scores = diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
-    elif not query_expansion:
-        save_candidates(run_dir, idx, items)
-    table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self, scores)
-    before = run_dir / "neighbors.parquet"
-    changed = changed_masters(pd.read_parquet(before), table) if before.exists() else None
-    write_nearest_neighbors_json(table, run_dir / "nearest_neighbors.json")
-    store.write_table(before, table)
-    duplicates = near_duplicates(table, duplicate_threshold)
-    store.write_table(run_dir / "near_duplicates.csv", duplicates)
-    meta = {
-        "backend": backend, "index_params": settings, "k": k, "level": level,
-        "include_self": include_self, "min_similarity": min_similarity, "query_expansion": query_expansion,
-        "rerank": rerank, "duplicate_threshold": duplicate_threshold, "masters": int(table["master_pi"].nunique()),
-        "pairs": len(table), "near_duplicate_pairs": len(duplicates),
-        "refreshed": refreshed is not None, "items_searched": int(searched),
-        "masters_with_changed_neighbors": changed, "seconds": round(time.perf_counter() - start, 3),
-    }
-    store.write_json(run_dir / "neighbors_meta.json", meta)
+    return backend, settings
+
+
+def saved_candidates_match(run_dir: Path, embed_meta: dict, fetch: int, include_self: bool) -> bool:
+    """The saved candidate lists were found for vectors of the same options, the same
+    ``include_self`` and as many candidates: only then can a refresh start from them."""
+    saved = runfolder.record(run_dir, "neighbors").get("candidates") or {}
+    return saved == {"options_key": embed_meta["computed_from"]["options_key"], "fetch": fetch,
+                     "include_self": include_self}
+
+
+def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
+                    search_k: int | None = None, pca_dims: int | None = None,
+                    index_params: dict | None = None, include_self: bool = False, level: str = "product",
+                    min_similarity: float | None = None, duplicate_threshold: float = 0.95,
+                    refresh: bool = True, query_expansion: int = 0, rerank: str = "none") -> dict:
+    """Notebook 03's work: neighbour lists for the run's store, committed as one set of files
+    (nearest_neighbors.json, neighbors.parquet, near_duplicates.csv, the candidate lists and
+    neighbors_meta.json, the record). Returns the record.
+
+    backend "auto": 02's recommendation (when measured on this store), else ``auto_choice``:
+    exact search up to 6,500 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph, or
+    IVF-PQ when the graph would not fit in memory. Settings not given (``n_trees``,
+    ``search_k``, ``pca_dims`` for Annoy; ``index_params`` for any backend, e.g.
+    ``{"nprobe": 32}``, see ``index.PARAMETERS``) come from index_choice.json when it
+    recommends the same backend. ``refresh``: when few images changed since the last run of
+    the same options, update the saved lists instead of searching everything (results equal
+    a full search; not for a whitened run, whose whitening moves every vector).
+    ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
+    its n nearest neighbours before the search. ``rerank="diffusion"``: each product's first
+    ``diffusion.SHORTLIST`` images re-ordered by diffusion over their own neighbour graph
+    (``similarity`` stays the cosine). Neither can refresh. See docs/benchmarks.md.
+    """
+    from . import diffusion
+
+    check_counts(k=k)
+    diffusion.check_rerank(rerank)
+    run_dir = Path(run_dir)
+    with runfolder.lock(run_dir, "03_neighbors"):
+        start = time.perf_counter()
+        embeddings, items, embed_meta = store.load_store(run_dir)
+        vector_bytes = int(np.asarray(embeddings[:1]).nbytes) * len(items)
+        backend, settings = choose_index(run_dir, len(items), vector_bytes, backend, n_trees, search_k,
+                                         pca_dims, index_params)
+        fetch = fetch_size(items, k, level)
+        if query_expansion > 0 and len(items) > 1:
+            nearest, _ = build_index(embeddings, backend, **settings).all_neighbors(query_expansion)
+            embeddings = expand(embeddings, embeddings, nearest, query_expansion)
+        keep_candidates = query_expansion == 0 and rerank == "none"  # lists of the store's own vectors
+        can_refresh = (refresh and keep_candidates and embed_meta["options"]["postprocess"] != "whiten"
+                       and saved_candidates_match(run_dir, embed_meta, fetch, include_self))
+        refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if can_refresh else None
+        if refreshed is not None:
+            idx, searched = refreshed
+        else:
+            shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
+            idx, _ = build_index(embeddings, backend, **settings).all_neighbors(shortlist, include_self=include_self)
+            searched = len(items)
+        scores = None
+        if rerank == "diffusion":
+            idx, scores = diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
+        table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self, scores)
+        previous = run_dir / runfolder.NEIGHBORS
+        changed = changed_masters(pd.read_parquet(previous), table) if previous.exists() else None
+        parameters = {"k": k, "backend": backend, "index_params": settings, "level": level,
+                      "include_self": include_self, "min_similarity": min_similarity,
+                      "duplicate_threshold": duplicate_threshold, "query_expansion": query_expansion, "rerank": rerank}
+        staging = runfolder.Staging(run_dir, "neighbors")
+        duplicates = _stage_tables(staging, table, duplicate_threshold, idx if keep_candidates else None, items)
+        meta = {
+            **parameters,
+            "computed_from": {"store_key": embed_meta["computed_from"]["store_key"], "parameters": parameters},
+            "candidates": {"options_key": embed_meta["computed_from"]["options_key"], "fetch": fetch,
+                           "include_self": include_self} if keep_candidates else None,
+            "masters": int(table["master_pi"].nunique()), "pairs": len(table),
+            "near_duplicate_pairs": len(duplicates), "refreshed": refreshed is not None,
+            "items_searched": int(searched), "masters_with_changed_neighbors": changed,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        staging.commit(meta, remove=() if keep_candidates else (runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS))
     return meta
+
+
+def _stage_tables(staging, table: pd.DataFrame, duplicate_threshold: float, idx, items) -> pd.DataFrame:
+    """03's files into staging: the lists (both formats), near-duplicates, candidates."""
+    write_nearest_neighbors_json(table, staging.path(runfolder.NEAREST_NEIGHBORS))
+    runfolder.write_table(staging.path(runfolder.NEIGHBORS), table)
+    duplicates = near_duplicates(table, duplicate_threshold)
+    runfolder.write_table(staging.path(runfolder.NEAR_DUPLICATES), duplicates)
+    if idx is not None:
+        save_candidates(staging.folder, idx, items)
+    return duplicates

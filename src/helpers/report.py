@@ -6,11 +6,10 @@ carries its images inline: one file can be mailed.
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import store
+from . import runfolder
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -42,20 +41,16 @@ def notebook_to_html(notebook: str | Path, target: str | Path | None = None) -> 
     exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
                             extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})])
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    with store.atomic_path(target) as tmp:
+    with runfolder.atomic_path(target) as tmp:
         tmp.write_text(body, encoding="utf-8")
     return target
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def key_figures(run_dir: str | Path) -> dict:
     """The numbers a reader wants first, from whatever files the run has written."""
     run_dir = Path(run_dir)
     figures = {}
-    embed = _read_json(run_dir / store.META)
+    embed = runfolder.record(run_dir, "embed")
     if embed:
         figures.update({
             "images embedded": embed.get("n_items"), "products": embed.get("n_products"),
@@ -68,7 +63,7 @@ def key_figures(run_dir: str | Path) -> dict:
             figures["images embedded in this run"] = (
                 f"{embed.get('n_embedded_now')} ({embed.get('n_reused')} reused, {embed.get('n_removed')} removed; "
                 f"previous store {embed.get('previous_store')})")
-    choice = _read_json(run_dir / "index_choice.json")
+    choice = runfolder.record(run_dir, "index")
     if choice:
         from .index import PARAMETERS
 
@@ -76,7 +71,7 @@ def key_figures(run_dir: str | Path) -> dict:
             [choice["backend"]] + [f"{name}={choice[name]}" for name in PARAMETERS.get(choice["backend"], ())
                                    if choice.get(name) is not None])
         figures["index recommended by 02"] = f"{setting} (recall@k {choice.get('recall')})"
-    neighbors = _read_json(run_dir / "neighbors_meta.json")
+    neighbors = runfolder.record(run_dir, "neighbors")
     if neighbors:
         figures["neighbours written"] = (f"{neighbors.get('pairs')} pairs for {neighbors.get('masters')} "
                                          f"{neighbors.get('level')}s (backend {neighbors.get('backend')})")
@@ -85,7 +80,7 @@ def key_figures(run_dir: str | Path) -> dict:
             figures["neighbour lists refreshed"] = (
                 f"{neighbors.get('items_searched')} images searched again; "
                 f"{neighbors.get('masters_with_changed_neighbors')} {neighbors.get('level')}s changed neighbours")
-    for name, value in _read_json(run_dir / "metrics.json").items():
+    for name, value in runfolder.record(run_dir, "evaluate").items():
         if isinstance(value, (int, float, str)):
             figures[name] = value
     return figures
@@ -110,7 +105,7 @@ def write_report(run_dir: str | Path, parameters: dict, notebooks: list[dict]) -
         link = (f'<a href="{html.escape(Path(nb["html"]).relative_to(run_dir).as_posix())}">'
                 f'{html.escape(nb["name"])}</a>' if nb.get("html") else html.escape(nb["name"]))
         links.append(f"<tr><td>{link}</td><td>{status}</td></tr>")
-    map_img = run_dir / "catalog_map.jpg"
+    map_img = run_dir / runfolder.CATALOG_MAP
     picture = ""
     if map_img.exists():
         import base64
@@ -125,7 +120,7 @@ def write_report(run_dir: str | Path, parameters: dict, notebooks: list[dict]) -
 <h2>Parameters</h2>{_table(parameters)}
 {picture}
 </body></html>"""
-    target = run_dir / "report.html"
-    with store.atomic_path(target) as tmp:
+    target = run_dir / runfolder.REPORT
+    with runfolder.atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target

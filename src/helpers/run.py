@@ -14,25 +14,26 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import functools
 import itertools
+import os
 import re
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import yaml
 
-from . import console, report, store
+from . import console, report, runfolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb",
              "05_evaluate.ipynb"]
 EMBED_NOTEBOOK = "01_embed.ipynb"
 PATH_PARAMETERS = {"image_dir", "catalog", "run_dir", "data_dir", "labels", "backgrounds"}
-STORE_FILES = [store.EMBEDDINGS, store.ITEMS, store.SKIPPED, store.META]
-LOG = "run.log"  # library and kernel chatter (TensorFlow, absl, Jupyter), not the terminal
 
 
 class ParameterError(ValueError):
@@ -92,23 +93,41 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
     paths = [NOTEBOOK_DIR / n for n in (notebooks or NOTEBOOKS)]
     per_notebook = resolve_parameters(config, paths, base)
     run_dir = Path(str((base / str(config["run_dir"])).expanduser().resolve()))
-    out_dir = run_dir / "notebooks"
+    out_dir = run_dir / runfolder.NOTEBOOKS
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # run_dir is a file, or a folder we may not write
         raise ParameterError(f"run_dir={str(run_dir)!r}: cannot make the run folder there "
                              f"({exc.strerror or exc})") from None
     done: list[dict] = []
-    (run_dir / LOG).unlink(missing_ok=True)  # this run's chatter only
-    with console.chatter_to(run_dir / LOG) as terminal:
-        for nb in paths:
-            done.append(_run_notebook(nb, out_dir, per_notebook[nb], embeddings_from, terminal))
-            if not done[-1]["ok"]:
-                report.write_report(run_dir, config, done)
-                raise RunError(f"{done[-1]['status']}\n  partial notebook: {done[-1]['html']}\n"
-                               f"  log: {run_dir / LOG}")
-    report.write_report(run_dir, config, done)
+    log = run_dir / runfolder.LOG
+    with _one_run(run_dir):
+        log.unlink(missing_ok=True)  # this run's chatter only
+        with console.chatter_to(log) as terminal:
+            for nb in paths:
+                done.append(_run_notebook(nb, out_dir, per_notebook[nb], embeddings_from, terminal))
+                if not done[-1]["ok"]:
+                    report.write_report(run_dir, config, done)
+                    raise RunError(f"{done[-1]['status']}\n  partial notebook: {done[-1]['html']}\n  log: {log}")
+        report.write_report(run_dir, config, done)
     return run_dir
+
+
+@contextlib.contextmanager
+def _one_run(run_dir: Path):
+    """Hold the run folder's lock for the whole run; the notebooks' kernels share it."""
+    previous = os.environ.get(runfolder.RUN_TOKEN)
+    os.environ[runfolder.RUN_TOKEN] = uuid.uuid4().hex  # kernels inherit the environment
+    try:
+        with runfolder.lock(run_dir, "helpers.run"):
+            yield
+    except runfolder.RunFolderBusy as exc:
+        raise RunError(str(exc)) from None
+    finally:
+        if previous is None:
+            os.environ.pop(runfolder.RUN_TOKEN, None)
+        else:
+            os.environ[runfolder.RUN_TOKEN] = previous
 
 
 def _run_notebook(nb: Path, out_dir: Path, parameters: dict, embeddings_from: Path | None,
@@ -120,10 +139,11 @@ def _run_notebook(nb: Path, out_dir: Path, parameters: dict, embeddings_from: Pa
     started = time.perf_counter()
     if embeddings_from is not None and nb.name == EMBED_NOTEBOOK:
         run_dir = out_dir.parent
-        for name in STORE_FILES:
-            shutil.copy2(embeddings_from / name, run_dir / name)
+        for name in (runfolder.WHITENING,) + runfolder.STORE_FILES:  # the record last
+            if (embeddings_from / name).exists():
+                shutil.copy2(embeddings_from / name, run_dir / name)
         for suffix in (".ipynb", ".html"):
-            shutil.copy2(embeddings_from / "notebooks" / nb.with_suffix(suffix).name,
+            shutil.copy2(embeddings_from / runfolder.NOTEBOOKS / nb.with_suffix(suffix).name,
                          out_dir / nb.with_suffix(suffix).name)
         status = f"ok (embeddings reused from {embeddings_from.name})"
         print(console.step_line(nb.stem, time.perf_counter() - started, status), flush=True)
@@ -198,7 +218,7 @@ def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | Non
     paths = [NOTEBOOK_DIR / n for n in names]
     combos = expand_sweep(config, paths)
     if len(combos) == 1 and "_swept" not in combos[0]:
-        return run(config, base, names) / "report.html"
+        return run(config, base, names) / runfolder.REPORT
     root = (base / str(config["run_dir"])).expanduser().resolve()
     embed_names = set(notebook_parameters(NOTEBOOK_DIR / EMBED_NOTEBOOK)) - {"run_dir", "n_examples"}
     for combo in combos:  # check every combination before spending time on any
@@ -221,7 +241,7 @@ def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | Non
             embedded.setdefault(key, run_dir)
         rows.append({"run": run_dir.name, **swept, "status": status, **report.key_figures(run_dir)})
     summary = pd.DataFrame(rows)
-    store.write_table(root / "sweep_summary.csv", summary)
+    runfolder.write_table(root / runfolder.SWEEP_SUMMARY, summary)
     return write_sweep_page(root, summary)
 
 
@@ -254,14 +274,14 @@ def write_sweep_page(root: Path, summary) -> Path:
         plt.close(fig)
         data = base64.b64encode(buffer.getvalue()).decode("ascii")
         picture = f'<img alt="comparison" src="data:image/png;base64,{data}">'
-    links = summary.assign(run=[f'<a href="{html.escape(r)}/report.html">{html.escape(r)}</a>'
+    links = summary.assign(run=[f'<a href="{html.escape(r)}/{runfolder.REPORT}">{html.escape(r)}</a>'
                                 for r in summary["run"]])
     links = links[["#"] + [c for c in links.columns if c != "#"]]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep: {html.escape(root.name)}</title>"
             f"<style>{report.STYLE}</style></head><body><h1>Sweep: {html.escape(root.name)}</h1>"
             f"{links.to_html(index=False, escape=False)}{picture}</body></html>")
-    target = root / "sweep_summary.html"
-    with store.atomic_path(target) as tmp:
+    target = root / runfolder.SWEEP_PAGE
+    with runfolder.atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target
 

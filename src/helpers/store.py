@@ -1,80 +1,22 @@
 """The embeddings store in a run folder: what 01_embed writes and every later step reads.
 
-- ``embeddings.npy``  float32 (N, D), L2-normalised, row i <-> row i of items.parquet
-- ``items.parquet``   row, path, imageName, productId, sha256, width, height
-- ``skipped.csv``     path, reason (files that could not be used)
-- ``embed_meta.json`` model, dim, preprocessing, versions, timings
-
-Every file is written under a temporary name and renamed into place, so a file that
-exists is complete.
+``runfolder`` names its files (embeddings.npy, items.parquet, skipped.csv, embed_meta.json and,
+when whitened, whitening.npz); 01 writes them into staging and commits them as a unit.
+``embed_meta.json`` is the store's record: the embedding options, and in ``computed_from`` the
+store's key (options plus catalog state) that every later step's record refers to.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-EMBEDDINGS = "embeddings.npy"
-ITEMS = "items.parquet"
-SKIPPED = "skipped.csv"
-META = "embed_meta.json"
-WHITENING = "whitening.npz"  # 01's postprocess="whiten" (helpers.whitening)
+from . import runfolder, whitening
+from .runfolder import EMBED_META, EMBEDDINGS, ITEMS, PARTIAL, SKIPPED, key_of, write_json, write_table
+
 ITEM_COLUMNS = ["row", "path", "imageName", "productId", "sha256", "width", "height"]
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (/proc)."""
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def temporary_file(path: Path) -> tuple[int, str]:
-    """``mkstemp`` beside ``path``, but with the mode any file the user writes gets (0666
-    less the umask), not tempfile's private 0600: a shared folder or web server must read it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temporary_file(path)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: str | Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-
-
-def write_table(path: str | Path, frame: pd.DataFrame) -> None:
-    """Write a frame as parquet or CSV (by extension), atomically."""
-    with atomic_path(path) as tmp:
-        if str(path).endswith(".parquet"):
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
 
 
 def _npy_header(rows: int, dim: int, length: int | None = None) -> bytes:
@@ -96,12 +38,12 @@ class EmbeddingWriter:
     renames the file into place. Until then no ``embeddings.npy`` claims to be complete.
     """
 
-    def __init__(self, run_dir: str | Path, dim: int):
-        self.path = Path(run_dir) / EMBEDDINGS
+    def __init__(self, folder: str | Path, dim: int):
+        self.path = Path(folder) / EMBEDDINGS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dim, self.rows = dim, 0
         self._header_len = len(_npy_header(0, dim))
-        fd, self._tmp = temporary_file(self.path)
+        fd, self._tmp = runfolder.temporary_file(self.path)
         self._file = os.fdopen(fd, "wb")
         self._file.write(_npy_header(0, dim, self._header_len))
 
@@ -133,12 +75,6 @@ class EmbeddingWriter:
         self.abort() if exc_type else self.close()
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (all-zero rows stay zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 def load_embeddings(run_dir: str | Path, mmap: bool = True) -> np.ndarray:
     """The (N, D) float32 matrix of a run, memory-mapped by default."""
     return np.load(Path(run_dir) / EMBEDDINGS, mmap_mode="r" if mmap else None)
@@ -155,7 +91,21 @@ def load_skipped(run_dir: str | Path) -> pd.DataFrame:
 
 
 def load_meta(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / META).read_text(encoding="utf-8"))
+    """The store's record (``embed_meta.json``), after finishing any half-done commit."""
+    meta = runfolder.record(run_dir, "embed")
+    if not meta:
+        raise FileNotFoundError(f"{Path(run_dir) / EMBED_META} missing; run 01_embed first")
+    return meta
+
+
+def catalog_state(items: pd.DataFrame) -> str:
+    """A key of what was embedded: every image's path, bytes (sha256) and productId."""
+    return key_of([items["path"].tolist(), items["sha256"].tolist(), items["productId"].astype(str).tolist()])
+
+
+def store_key(options_key: str, items: pd.DataFrame) -> str:
+    """The store's identity: its vectors are a function of the options and the catalog."""
+    return key_of([options_key, catalog_state(items)])
 
 
 def load_store(run_dir: str | Path, postprocessed: bool = True):
@@ -166,26 +116,22 @@ def load_store(run_dir: str | Path, postprocessed: bool = True):
     it the vectors are as the model pooled them (what incremental embedding reuses).
     """
     run_dir = Path(run_dir)
-    missing = [n for n in (EMBEDDINGS, ITEMS, META) if not (run_dir / n).exists()]
+    meta = load_meta(run_dir)
+    missing = [n for n in (EMBEDDINGS, ITEMS) if not (run_dir / n).exists()]
     if missing:
         raise FileNotFoundError(f"{run_dir}: {', '.join(missing)} missing; run 01_embed first")
-    embeddings, items, meta = load_embeddings(run_dir), load_items(run_dir), load_meta(run_dir)
+    embeddings, items = load_embeddings(run_dir), load_items(run_dir)
     if len(embeddings) != len(items):
         raise ValueError(f"{run_dir}: {len(embeddings)} embeddings but {len(items)} items; "
                          "the store is inconsistent, re-run 01_embed")
-    if postprocessed and meta.get("postprocess", "none") == "whiten":
-        from . import whitening
-
-        embeddings = whitening.Whitening.load(whitening.path_in(run_dir)).apply(embeddings)
+    if postprocessed and meta["options"]["postprocess"] == "whiten":
+        embeddings = whitening.Whitening.load(run_dir / runfolder.WHITENING).apply(embeddings)
     return embeddings, items, meta
 
 
 # --- resumable and incremental embedding ----------------------------------------------
-# Work in progress lives in run_dir/.partial/: "key.json" (model and preprocessing), chunks
-# of new vectors ("chunk_NNNNNN.npy" + ".parquet", the parquet written last commits the
-# chunk), and, once assembled, the final files plus "assembled.json" (the meta). Moving the
-# assembled files into place is replayed on the next start if a run dies half-way.
-PARTIAL = ".partial"
+# Work in progress lives in run_dir/.partial/: "key.json" (the options' vector key) and chunks
+# of new vectors ("chunk_NNNNNN.npy" + ".parquet", the parquet written last commits the chunk).
 CHUNK_COLUMNS = ["path", "sha256", "width", "height"]
 
 
@@ -211,19 +157,16 @@ class VectorPool:
 
 
 class PartialWork:
-    """The ``.partial`` folder of a run: checkpoints of an embedding run in progress."""
+    """The ``.partial`` folder of a run: checkpoints of an embedding run in progress, kept
+    only for the same vector key (the run folder's lock keeps other writers out)."""
 
-    def __init__(self, run_dir: str | Path, key: dict):
-        self.run_dir, self.key = Path(run_dir), key
-        self.folder = self.run_dir / PARTIAL
-
-    def _key_matches(self) -> bool:
-        path = self.folder / "key.json"
-        return path.exists() and json.loads(path.read_text()) == self.key
+    def __init__(self, run_dir: str | Path, vector_key: str):
+        self.key = {"vector_key": vector_key}
+        self.folder = Path(run_dir) / PARTIAL
 
     def start(self) -> None:
         """Keep checkpoints made with the same key; throw away any others."""
-        if self.folder.exists() and not self._key_matches():
+        if self.folder.exists() and runfolder.read_json(self.folder / "key.json") != self.key:
             self.discard()
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "key.json").exists():
@@ -240,33 +183,10 @@ class PartialWork:
     def write_chunk(self, vectors: np.ndarray, table: pd.DataFrame) -> None:
         number = len(list(self.folder.glob("chunk_*.parquet")))
         name = f"chunk_{number:06d}"
-        with atomic_path(self.folder / f"{name}.npy") as tmp:
+        with runfolder.atomic_path(self.folder / f"{name}.npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(vectors, dtype=np.float32))
         write_table(self.folder / f"{name}.parquet", table[CHUNK_COLUMNS])
-
-    def commit(self, items: pd.DataFrame, skipped: pd.DataFrame, meta: dict) -> None:
-        """Assembled files are in .partial (embeddings.npy written by the caller): move them in."""
-        write_table(self.folder / ITEMS, items)
-        write_table(self.folder / SKIPPED, skipped)
-        write_json(self.folder / "assembled.json", meta)
-        self.recover()
-
-    def recover(self) -> bool:
-        """Finish moving an assembled store into place; True if there was one."""
-        marker = self.folder / "assembled.json"
-        if not marker.exists():
-            return False
-        meta = json.loads(marker.read_text())
-        (self.run_dir / META).unlink(missing_ok=True)  # incomplete until all files are in place
-        if meta.get("postprocess", "none") != "whiten":
-            (self.run_dir / WHITENING).unlink(missing_ok=True)
-        for name in (EMBEDDINGS, ITEMS, SKIPPED, WHITENING):
-            if (self.folder / name).exists():
-                os.replace(self.folder / name, self.run_dir / name)
-        write_json(self.run_dir / META, meta)
-        self.discard()
-        return True
 
     def discard(self) -> None:
         import shutil

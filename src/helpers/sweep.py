@@ -219,3 +219,16 @@ def recommend(table: pd.DataFrame, target_recall: float = 0.95) -> dict:
     if best["backend"] == "annoy":
         choice.setdefault("pca_dims", None)
     return choice
+
+
+def write_results(run_dir: str | Path, table: pd.DataFrame, choice: dict, parameters: dict) -> dict:
+    """02's files (sweep.csv, index_choice.json), committed together; the choice records the
+    store it was measured on, so 03 ignores it once 01 has re-embedded."""
+    from . import runfolder
+
+    with runfolder.lock(run_dir, "02_index_sweep"):
+        record = {**choice, "computed_from": {"store_key": runfolder.store_key(run_dir), "parameters": parameters}}
+        staging = runfolder.Staging(run_dir, "index")
+        runfolder.write_table(staging.path(runfolder.SWEEP), table)
+        staging.commit(record)
+    return record

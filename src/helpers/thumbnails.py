@@ -1,4 +1,4 @@
-"""Thumbnails of a run's images, made once and cached in ``run_dir/thumbs/<size>/``.
+"""Thumbnails of a run's images, made once and cached in ``run_dir/thumbs/<size>/`` (``runfolder.THUMBS``).
 
 Named by the sha256 of the image bytes, so identical files share one thumbnail and a
 re-run reuses every thumbnail whose image did not change.
@@ -11,17 +11,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import store
+from . import runfolder, store
 from .images import thumbnail
-
-THUMBS = "thumbs"
 
 
 def thumbnail_paths(run_dir: str | Path, size: int = 160, workers: int | None = None) -> list[Path]:
     """One cached JPEG thumbnail per item row (missing ones are made, in threads)."""
     run_dir = Path(run_dir)
     items, meta = store.load_items(run_dir), store.load_meta(run_dir)
-    root, folder = Path(meta["image_dir"]), run_dir / THUMBS / str(size)
+    root, folder = Path(meta["image_dir"]), run_dir / runfolder.THUMBS / str(size)
     folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / f"{digest}.jpg" for digest in items["sha256"]]
     todo = {t: root / p for t, p in zip(targets, items["path"]) if not t.exists()}

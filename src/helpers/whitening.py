@@ -5,7 +5,7 @@ the square root of its variance (plus a small floor, so near-empty axes of a sma
 catalog are not blown up), then L2-normalises. Frequent, uninformative directions
 (the "every product photo looks a bit like this" component) stop dominating the cosine.
 
-Unsupervised: learned from the run's own vectors, saved in ``run_dir/whitening.npz`` and
+Unsupervised: learned from the run's own vectors, saved in the run folder (``runfolder.WHITENING``) and
 applied by ``store.load_store`` to every reader of the run, and by ``search_by_image`` to
 new query photos, so catalog and queries always get exactly the same transform.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import WHITENING as FILE, atomic_path, l2_normalise
+from .runfolder import atomic_path
+from .vectors import l2_normalise
 
 POSTPROCESS = ("none", "whiten")
 FLOOR = 0.1  # eigenvalue floor as a share of the mean eigenvalue (regularises small catalogs)
@@ -39,6 +40,11 @@ class Whitening:
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, mean=self.mean, projection=self.projection)
+
+    @classmethod
+    def identity(cls, dim: int) -> "Whitening":
+        """No change (a catalog of one image has nothing to learn from)."""
+        return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":
@@ -64,7 +70,3 @@ def learn(vectors: np.ndarray, dims: int | None = None, floor: float = FLOOR) ->
     variance, axes = variance[order][:keep], axes[:, order][:, :keep]
     variance = np.maximum(variance, 0.0) + floor * max(float(variance.mean()), 1e-12)
     return Whitening(mean.astype(np.float32), (axes / np.sqrt(variance)).astype(np.float32))
-
-
-def path_in(run_dir: str | Path) -> Path:
-    return Path(run_dir) / FILE
