@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import store
+from helpers import runfolder, store
 from helpers.embed import embed_folder
 
 pytest.importorskip("ray", reason="engine='ray' needs the scale extra: pip install -e '.[scale]'")
@@ -45,8 +45,8 @@ def test_interrupted_ray_run_resumes_from_its_checkpoints(hostile_dir, ray_run, 
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         embed_folder(hostile_dir, run_dir, engine="ray", workers=2, batch_size=2, checkpoint_every=2, progress=False)
-    chunks = list((run_dir / store.PARTIAL).glob("chunk_*.parquet"))
-    assert chunks and not (run_dir / store.META).exists()
+    chunks = list((run_dir / runfolder.PARTIAL).glob("chunk_*.parquet"))
+    assert chunks and not (run_dir / runfolder.EMBED_META).exists()
     monkeypatch.setattr(distributed, "ray_batches", real)
     resumed = embed_folder(hostile_dir, run_dir, engine="ray", workers=2, batch_size=2, progress=False)
     assert resumed["n_reused"] >= 2 * len(chunks)  # checkpointed vectors were not computed again

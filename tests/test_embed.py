@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import store
+from helpers import runfolder, store
 from helpers.catalog import CatalogError
 from helpers.embed import embed_folder
 from helpers.features import HOG_DIM
@@ -45,7 +45,7 @@ def test_store_rows_line_up(hostile_run, hostile_dir):
     cat = items.set_index("path").loc["rotated.jpg"]
     assert (cat["width"], cat["height"]) == (300, 451)  # EXIF-rotated chelsea (451 x 300)
     assert meta["model_handle"] == "efficientnet-lite0" and meta["resize"] == "crop"
-    assert json.loads((run_dir / store.META).read_text())["dim"] == 1280 + HOG_DIM
+    assert json.loads((run_dir / runfolder.EMBED_META).read_text())["dim"] == 1280 + HOG_DIM
 
 
 def test_same_product_in_other_formats_is_its_nearest_neighbour(hostile_run):
@@ -67,7 +67,7 @@ def test_catalog_problems_stop_before_any_work(hostile_dir, tmp_path):
     catalog = write_catalog(tmp_path / "image_data.json", [{"imageName": "cat.jpg", "productId": "CAT"}])
     with pytest.raises(CatalogError, match="have no productId"):
         embed_folder(hostile_dir, tmp_path / "run", catalog=catalog, progress=False)
-    assert not (tmp_path / "run" / store.EMBEDDINGS).exists()
+    assert not (tmp_path / "run" / runfolder.EMBEDDINGS).exists()
 
 
 def test_catalog_skip_mode_lists_unlisted_images(hostile_dir, tmp_path):
@@ -99,7 +99,7 @@ def test_rerun_replaces_the_store(hostile_dir, tmp_path):
     first = store.load_embeddings(tmp_path, mmap=False)
     embed_folder(hostile_dir, tmp_path, recursive=False, progress=False)
     np.testing.assert_allclose(store.load_embeddings(tmp_path), first, atol=1e-6)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != runfolder.LOCK]
     assert leftovers == []
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from helpers import export, store
+from helpers import export, runfolder, store
 from helpers.features import HOG_DIM
 from helpers.neighbors import write_neighbors
 
@@ -122,7 +122,7 @@ def test_postgres_round_trip_atomic_reexport(run_dir, postgres_dsn, monkeypatch)
     shutil.copytree(run_dir, broken)
     table = pd.read_parquet(broken / "neighbors.parquet")
     table.loc[len(table) - 1, "similar_pi"] = None
-    store.write_table(broken / "neighbors.parquet", table)
+    runfolder.write_table(broken / "neighbors.parquet", table)
     with pytest.raises(export.ExportError, match="missing values"):
         export.to_postgres(broken, postgres_dsn)
     export.to_postgres(run_dir, postgres_dsn)  # re-export: same rows, not twice

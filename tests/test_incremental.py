@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from helpers import store
+from helpers import runfolder, store
 from helpers.embed import embed_folder
 from helpers.features import HOG_DIM
 from conftest import PHOTOS, photo
@@ -73,7 +73,7 @@ def test_changed_catalog_embeds_only_what_changed(catalog_dir, tmp_path):
     scratch = embed_folder(changed, tmp_path / "scratch", progress=False)
     assert scratch["n_embedded_now"] == 24
     assert_same_store(run_dir, tmp_path / "scratch")
-    assert not (run_dir / store.PARTIAL).exists()
+    assert not (run_dir / runfolder.PARTIAL).exists()
 
 
 def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
@@ -92,17 +92,15 @@ def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
     assert outlined["dim"] == 1280 + HOG_DIM and store.load_store(tmp_path / "run")[0].shape == (24, 1280 + HOG_DIM)
 
 
-def test_a_store_of_the_first_outline_is_embedded_again(catalog_dir, tmp_path):
-    """Stores written before the outline was folded (1,764 HOG numbers, no hog_dim in their
-    meta) must not be mixed with the 882-number outline."""
+def test_a_store_without_records_is_embedded_again_with_a_note(catalog_dir, tmp_path):
+    """A folder from an older version (no ``computed_from``) is not trusted: embedded again."""
     embed_folder(catalog_dir, tmp_path / "run", progress=False)
-    meta_path = tmp_path / "run" / store.META
+    meta_path = tmp_path / "run" / runfolder.EMBED_META
     meta = json.loads(meta_path.read_text())
-    assert meta["hog_weight"] == 0.5 and meta["hog_dim"] == HOG_DIM
-    del meta["hog_dim"]  # as the first outline's stores were written
+    del meta["computed_from"]  # as earlier versions wrote it
     meta_path.write_text(json.dumps(meta))
     again = embed_folder(catalog_dir, tmp_path / "run", progress=False)
-    assert again["n_reused"] == 0 and again["previous_store"].startswith("replaced")
+    assert again["n_reused"] == 0 and again["previous_store"].startswith("replaced: a run folder from an older")
     assert embed_folder(catalog_dir, tmp_path / "run", progress=False)["n_reused"] == 24
 
 
@@ -121,14 +119,14 @@ def test_kill_9_and_resume_gives_identical_files(catalog_dir, tmp_path, kill_aft
     proc = start_embedding(catalog_dir, run_dir)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if len(list((run_dir / store.PARTIAL).glob("chunk_*.parquet"))) >= kill_after_chunks:
+        if len(list((run_dir / runfolder.PARTIAL).glob("chunk_*.parquet"))) >= kill_after_chunks:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    chunks = len(list((run_dir / store.PARTIAL).glob("chunk_*.parquet")))
-    assert chunks >= kill_after_chunks and not (run_dir / store.META).exists()
+    chunks = len(list((run_dir / runfolder.PARTIAL).glob("chunk_*.parquet")))
+    assert chunks >= kill_after_chunks and not (run_dir / runfolder.EMBED_META).exists()
     resumed = embed_folder(catalog_dir, run_dir, progress=False)
     assert resumed["n_reused"] >= 2 * chunks  # checkpointed vectors were not computed again
     assert_same_store(run_dir, reference)
@@ -140,16 +138,16 @@ def test_crash_while_moving_the_finished_files_is_replayed(catalog_dir, tmp_path
     real_replace, calls = os.replace, []
 
     def dying_replace(src, dst):
-        if str(src).endswith(store.ITEMS) and store.PARTIAL in str(src):
+        if str(src).endswith(runfolder.ITEMS) and runfolder.STAGING in str(src) and runfolder.STAGING not in str(dst):
             calls.append(src)
             raise KeyboardInterrupt("killed between two renames")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", dying_replace)
+    monkeypatch.setattr(runfolder.os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
         embed_folder(catalog_dir, tmp_path / "run", progress=False)
-    monkeypatch.setattr(store.os, "replace", real_replace)
-    assert calls and not (tmp_path / "run" / store.META).exists()
+    monkeypatch.setattr(runfolder.os, "replace", real_replace)
+    assert calls and not (tmp_path / "run" / runfolder.EMBED_META).exists()
     embed_folder(catalog_dir, tmp_path / "run", progress=False)
     assert_same_store(tmp_path / "run", reference)
 
@@ -190,14 +188,9 @@ def test_refreshed_neighbours_equal_a_full_run(catalog_dir, tmp_path, level):
 
 
 def test_a_run_with_nothing_to_embed_keeps_the_runtime(catalog_dir, tmp_path):
-    """Nothing new: no model is loaded, and the meta carries the runtime of the reused vectors --
-    also from a store written before engine= meant local/ray (it recorded the runtime as engine)."""
+    """Nothing new: no model is loaded, and the record carries the runtime of the reused vectors."""
     run_dir = tmp_path / "run"
     first = embed_folder(catalog_dir, run_dir, progress=False)
     again = embed_folder(catalog_dir, run_dir, progress=False)
     assert again["n_embedded_now"] == 0 and again["runtime"] == first["runtime"] == "tflite"
-    meta_path = run_dir / store.META
-    old = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "runtime"}
-    meta_path.write_text(json.dumps({**old, "engine": "tflite"}))
-    upgraded = embed_folder(catalog_dir, run_dir, progress=False)
-    assert upgraded["runtime"] == "tflite" and upgraded["engine"] == "local"
+    assert again["computed_from"] == first["computed_from"]  # the same store: later steps stay valid

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import runfolder
 from helpers.index import AnnoyIndex
 from helpers.neighbors import near_duplicates, neighbor_table, truncate4, write_nearest_neighbors_json
+from helpers.options import EmbeddingOptions
 
 
 def catalog(n=30, d=8, seed=0, products=None):
@@ -102,9 +104,12 @@ def test_write_neighbors_takes_the_sweeps_choice_and_index_params(tmp_path):
     with store.EmbeddingWriter(run_dir, 16) as writer:
         writer.append(v)
     items = items.assign(imageName=items["path"], sha256=[f"{i:064x}" for i in range(120)], width=8, height=8)
-    store.write_table(run_dir / store.ITEMS, items[store.ITEM_COLUMNS])
-    store.write_json(run_dir / store.META, {"dim": 16, "postprocess": "none"})
-    store.write_json(run_dir / "index_choice.json", {"backend": "voyager", "M": 8, "ef": 150, "recall": 1.0})
+    runfolder.write_table(run_dir / runfolder.ITEMS, items[store.ITEM_COLUMNS])
+    made = {"store_key": "made-here", "options_key": "made-here"}
+    runfolder.write_json(run_dir / runfolder.EMBED_META, {"dim": 16, "options": EmbeddingOptions().as_dict(),
+                                                         "computed_from": made})
+    runfolder.write_json(run_dir / runfolder.INDEX_CHOICE, {"backend": "voyager", "M": 8, "ef": 150, "recall": 1.0,
+                                                           "computed_from": made})
     meta = write_neighbors(run_dir, k=5, level="image", refresh=False)
     assert meta["backend"] == "voyager" and meta["index_params"] == {"M": 8, "ef": 150}
     meta = write_neighbors(run_dir, k=5, level="image", refresh=False, index_params={"ef": 200})
@@ -175,20 +180,6 @@ def test_search_by_image_embeds_photos_like_the_run(tiny_catalog, tmp_path):
     assert len(diffused) == 3 and diffused["similar_path"].iloc[0] in {"rocket_copy.png", "rocket.jpg"}
 
 
-def test_search_by_image_refuses_a_store_of_other_dimensions(tiny_catalog, tmp_path):
-    """A store written by a version whose options gave other vectors (the first outline had
-    1,764 HOG numbers) says to re-embed instead of failing inside the search."""
-    from helpers import embed, store
-    from helpers.neighbors import search_by_image
-
-    embed.embed_folder(tiny_catalog, tmp_path / "run", progress=False)
-    meta = json.loads((tmp_path / "run" / store.META).read_text())
-    meta["dim"] = 1280 + 1764
-    (tmp_path / "run" / store.META).write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="3044 numbers.*2162.*re-run 01"):
-        search_by_image(tmp_path / "run", [tiny_catalog / "rocket_copy.png"], k=1)
-
-
 def test_expand_averages_with_the_first_neighbours():
     from helpers.neighbors import expand
 
@@ -201,7 +192,8 @@ def test_expand_averages_with_the_first_neighbours():
 def test_query_expansion_in_write_neighbors(tiny_catalog, tmp_path):
     """Expanded vectors: symmetric scores, recorded in the meta, and no refresh afterwards."""
     from helpers import embed
-    from helpers.neighbors import CANDIDATES, write_neighbors
+    from helpers.neighbors import write_neighbors
+    from helpers.runfolder import CANDIDATES
 
     run_dir = tmp_path / "run"
     embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json", progress=False)

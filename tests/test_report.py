@@ -4,7 +4,7 @@ import shutil
 import subprocess
 
 
-from helpers import report, store
+from helpers import report, runfolder, store
 
 CHECK_IMAGES = """<script>window.addEventListener('load', () => {
   const all = [...document.images];
@@ -61,10 +61,10 @@ def test_files_follow_the_umask(tmp_path):
 
     old = os.umask(0o022)
     try:
-        store.write_json(tmp_path / "a.json", {"a": 1})
+        runfolder.write_json(tmp_path / "a.json", {"a": 1})
         report.write_report(tmp_path, {}, [])
         os.umask(0o077)
-        store.write_json(tmp_path / "b.json", {"b": 1})
+        runfolder.write_json(tmp_path / "b.json", {"b": 1})
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
@@ -78,7 +78,7 @@ def test_key_figures_read_whatever_the_run_has(tiny_run, tmp_path):
     assert figures["images embedded"] == 8 and figures["files skipped"] == 0
     assert "index recommended by 02" in figures and "neighbours written" in figures
     assert report.key_figures(tmp_path) == {}
-    store.write_json(tmp_path / "metrics.json", {"precision@20": 0.85, "per_class": {"a": 1}})
+    runfolder.write_json(tmp_path / "metrics.json", {"precision@20": 0.85, "per_class": {"a": 1}})
     assert report.key_figures(tmp_path) == {"precision@20": 0.85}
 
 

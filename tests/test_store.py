@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import store
+from helpers import runfolder, store
+from helpers.vectors import l2_normalise
 
 
 @pytest.mark.parametrize("batches", [[], [3], [1, 4, 2]])
@@ -12,10 +13,10 @@ def test_writer_produces_a_normal_npy(tmp_path, batches):
     with store.EmbeddingWriter(tmp_path, 5) as writer:
         for c in chunks:
             writer.append(c)
-    loaded = np.load(tmp_path / store.EMBEDDINGS)
+    loaded = np.load(tmp_path / runfolder.EMBEDDINGS)
     expected = np.concatenate(chunks) if chunks else np.empty((0, 5), np.float32)
     np.testing.assert_array_equal(loaded, expected)
-    assert [p.name for p in tmp_path.iterdir()] == [store.EMBEDDINGS]
+    assert [p.name for p in tmp_path.iterdir()] == [runfolder.EMBEDDINGS]
 
 
 def test_writer_leaves_nothing_on_failure(tmp_path):
@@ -34,9 +35,9 @@ def test_writer_checks_shape(tmp_path):
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "table.csv"
-    store.write_table(target, pd.DataFrame({"a": [1]}))
+    runfolder.write_table(target, pd.DataFrame({"a": [1]}))
     with pytest.raises(ZeroDivisionError):
-        with store.atomic_path(target) as tmp:
+        with runfolder.atomic_path(target) as tmp:
             tmp.write_text("half")
             1 / 0
     assert pd.read_csv(target)["a"].tolist() == [1]
@@ -44,7 +45,7 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
 
 
 def test_l2_normalise_handles_zero_rows():
-    out = store.l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    out = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
 
 
@@ -53,7 +54,7 @@ def test_load_store_detects_incomplete_runs(tmp_path):
         store.load_store(tmp_path)
     with store.EmbeddingWriter(tmp_path, 2) as w:
         w.append(np.ones((3, 2), np.float32))
-    store.write_table(tmp_path / store.ITEMS, pd.DataFrame({"row": [0, 1]}))
-    store.write_json(tmp_path / store.META, {})
+    runfolder.write_table(tmp_path / runfolder.ITEMS, pd.DataFrame({"row": [0, 1]}))
+    runfolder.write_json(tmp_path / runfolder.EMBED_META, {"dim": 2})
     with pytest.raises(ValueError, match="3 embeddings but 2 items"):
         store.load_store(tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import embed, images, neighbors, store, whitening
+from helpers import embed, images, neighbors, runfolder, store, whitening
 from helpers.features import HOG_DIM
 
 
@@ -34,7 +34,7 @@ def test_run_whitening_is_applied_identically_to_new_queries(tiny_catalog, tmp_p
     run_dir = tmp_path / "run"
     meta = embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json",
                               postprocess="whiten", progress=False)
-    assert meta["postprocess"] == "whiten" and (run_dir / whitening.FILE).exists()
+    assert meta["postprocess"] == "whiten" and (run_dir / runfolder.WHITENING).exists()
     vectors, items, _ = store.load_store(run_dir)
     raw, _, _ = store.load_store(run_dir, postprocessed=False)
     # readers see the whitened vectors (a catalog of 8 images supports 7 axes)
@@ -42,7 +42,7 @@ def test_run_whitening_is_applied_identically_to_new_queries(tiny_catalog, tmp_p
     # a query photo goes through the same model and the same learned transform
     row = int(np.flatnonzero(items["path"] == "coffee.jpg")[0])
     query, _ = images.decode_image((tiny_catalog / "coffee.jpg").read_bytes(), 224)
-    learned = whitening.Whitening.load(run_dir / whitening.FILE)
+    learned = whitening.Whitening.load(run_dir / runfolder.WHITENING)
     np.testing.assert_allclose(learned.apply(embed.embed_pixels([query], resize="squash"))[0], vectors[row],
                                atol=1e-3)
     found = neighbors.search_by_image(run_dir, [tiny_catalog / "coffee.jpg"], k=2)
@@ -58,5 +58,5 @@ def test_run_whitening_is_applied_identically_to_new_queries(tiny_catalog, tmp_p
     assert not neighbors.write_neighbors(run_dir, k=2)["refreshed"]
     # switching it off removes it: readers get the model's vectors again
     embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json", progress=False)
-    assert not (run_dir / whitening.FILE).exists()
+    assert not (run_dir / runfolder.WHITENING).exists()
     np.testing.assert_allclose(store.load_store(run_dir)[0], raw, atol=1e-6)

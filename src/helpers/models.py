@@ -266,7 +266,7 @@ def _write_atomically(path: Path, content: bytes) -> None:
     of the same conversion each leave a whole file). A cache that cannot be written is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        from .store import temporary_file
+        from .runfolder import temporary_file
 
         fd, tmp = temporary_file(path)
         with os.fdopen(fd, "wb") as f:

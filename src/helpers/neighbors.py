@@ -338,12 +338,12 @@ def choose_index(run_dir: Path, n_items: int, vector_bytes: int, backend: str = 
     return backend, settings
 
 
-def saved_candidates_match(run_dir: Path, embed_meta: dict, fetch: int, include_self: bool) -> bool:
-    """The saved candidate lists were found for vectors of the same options, the same
-    ``include_self`` and as many candidates: only then can a refresh start from them."""
+def saved_candidates_match(run_dir: Path, embed_meta: dict, include_self: bool) -> bool:
+    """The saved candidate lists were found for vectors of the same options and the same
+    ``include_self``: only then can a refresh start from them (``refresh_candidates`` checks
+    that they are as long as needed)."""
     saved = runfolder.record(run_dir, "neighbors").get("candidates") or {}
-    return saved == {"options_key": embed_meta["computed_from"]["options_key"], "fetch": fetch,
-                     "include_self": include_self}
+    return saved == {"options_key": embed_meta["computed_from"]["options_key"], "include_self": include_self}
 
 
 def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
@@ -385,17 +385,9 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
             embeddings = expand(embeddings, embeddings, nearest, query_expansion)
         keep_candidates = query_expansion == 0 and rerank == "none"  # lists of the store's own vectors
         can_refresh = (refresh and keep_candidates and embed_meta["options"]["postprocess"] != "whiten"
-                       and saved_candidates_match(run_dir, embed_meta, fetch, include_self))
-        refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if can_refresh else None
-        if refreshed is not None:
-            idx, searched = refreshed
-        else:
-            shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
-            idx, _ = build_index(embeddings, backend, **settings).all_neighbors(shortlist, include_self=include_self)
-            searched = len(items)
-        scores = None
-        if rerank == "diffusion":
-            idx, scores = diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
+                       and saved_candidates_match(run_dir, embed_meta, include_self))
+        idx, scores, searched, refreshed = _candidates(run_dir, embeddings, items, fetch, include_self,
+                                                       backend, settings, rerank, can_refresh)
         table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self, scores)
         previous = run_dir / runfolder.NEIGHBORS
         changed = changed_masters(pd.read_parquet(previous), table) if previous.exists() else None
@@ -407,15 +399,31 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         meta = {
             **parameters,
             "computed_from": {"store_key": embed_meta["computed_from"]["store_key"], "parameters": parameters},
-            "candidates": {"options_key": embed_meta["computed_from"]["options_key"], "fetch": fetch,
+            "candidates": {"options_key": embed_meta["computed_from"]["options_key"],
                            "include_self": include_self} if keep_candidates else None,
             "masters": int(table["master_pi"].nunique()), "pairs": len(table),
-            "near_duplicate_pairs": len(duplicates), "refreshed": refreshed is not None,
+            "near_duplicate_pairs": len(duplicates), "refreshed": refreshed,
             "items_searched": int(searched), "masters_with_changed_neighbors": changed,
             "seconds": round(time.perf_counter() - start, 3),
         }
         staging.commit(meta, remove=() if keep_candidates else (runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS))
     return meta
+
+
+def _candidates(run_dir: Path, embeddings, items, fetch: int, include_self: bool, backend: str, settings: dict,
+                rerank: str, can_refresh: bool):
+    """(image-level candidate rows, diffusion scores or None, rows searched, refreshed?)."""
+    from . import diffusion
+
+    refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if can_refresh else None
+    if refreshed is not None:
+        return refreshed[0], None, refreshed[1], True
+    shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
+    idx, _ = build_index(embeddings, backend, **settings).all_neighbors(shortlist, include_self=include_self)
+    scores = None
+    if rerank == "diffusion":
+        idx, scores = diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
+    return idx, scores, len(items), False
 
 
 def _stage_tables(staging, table: pd.DataFrame, duplicate_threshold: float, idx, items) -> pd.DataFrame:
