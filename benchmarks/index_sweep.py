@@ -44,7 +44,7 @@ def fashion_embeddings(split: str = "train", model_handle: str = "efficientnet-l
     path = HERE / "cache" / f"fashion_mnist_{split}_{model_handle}_crop.npy"
     if not path.exists():
         images, _ = fashion_mnist.load(split)
-        vectors = embed_pixels(images, model_handle, progress=True)
+        vectors = embed_pixels(images, model_handle=model_handle, progress=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)
     return np.load(path)

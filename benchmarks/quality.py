@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_throughput import CACHE, machine
-from helpers import embed, evaluate
+from helpers import benchmarks, embed, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 FLUENT = CACHE / "fluent"
@@ -143,7 +143,7 @@ def fashion_mnist(n_queries: int, n_gallery: int | None, work: Path, only=None) 
         v = np.asarray(pictures, dtype=np.float32).reshape(len(pictures), -1)
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
-    result = evaluate.fashion_mnist_benchmark(pixels, n_queries=n_queries, n_gallery=n_gallery)
+    result = benchmarks.fashion_mnist_benchmark(pixels, n_queries=n_queries, n_gallery=n_gallery)
     rows.append(_fm_row("raw pixels", result, None))
     for name, options, search in chosen(FM_OPTIONS, only):
         started = time.perf_counter()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from embed_throughput import CACHE, machine, make_images
+from helpers import runfolder
 from helpers.embed import embed_folder
 from helpers.neighbors import write_neighbors
 
@@ -52,8 +53,8 @@ def main() -> None:
             (images / f.name).symlink_to(f)
         refreshed = day(images, tmp / "run", refresh=True)
         scratch = day(images, tmp / "scratch", refresh=False)
-        same = (pd.read_parquet(tmp / "run" / "neighbors.parquet")
-                .equals(pd.read_parquet(tmp / "scratch" / "neighbors.parquet")))
+        same = (pd.read_parquet(tmp / "run" / runfolder.NEIGHBORS)
+                .equals(pd.read_parquet(tmp / "scratch" / runfolder.NEIGHBORS)))
     report = {"machine": machine(), "catalog": len(files), "new_images": len(files) - n_old,
               "day1_full": day1, "day2_refresh": refreshed, "day2_full_rerun": scratch,
               "speedup": scratch["total_seconds"] / refreshed["total_seconds"],

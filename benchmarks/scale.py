@@ -227,14 +227,12 @@ def ray_throughput(n_images: int = 1500, repeats: int = 3) -> dict:
 
     from helpers import distributed
     from helpers.embed import embed_folder, local_batches
-    from helpers.features import Embedder
-    from helpers.models import load_model
+    from helpers.options import EmbeddingOptions
 
     root = make_images(n_images, HERE / "cache" / "embed_images").resolve()
     paths = [f.name for f in sorted(root.glob("*.jpg"))[:n_images]]
-    options = {"model_handle": "efficientnet-lite0", "runtime": "auto", "pooling": "auto", "focus": "none",
-               "resize": "crop", "max_pixels": 10 ** 8}
-    model = Embedder(load_model("efficientnet-lite0"), "auto")
+    options = EmbeddingOptions(max_pixels=10 ** 8)
+    model = options.embedder()
 
     def steady(results) -> float:
         start, done = None, 0
@@ -247,8 +245,8 @@ def ray_throughput(n_images: int = 1500, repeats: int = 3) -> dict:
 
     rates: dict = {"local": [], "ray": []}
     for _ in range(repeats):
-        rates["local"].append(steady(local_batches(root, paths, model, "crop", 10 ** 8, 32, 2, set())))
-        rates["ray"].append(steady(distributed.ray_batches(root, paths, options, 32, 2)))
+        rates["local"].append(steady(local_batches(root, paths, model, options, 32, 2, set())))
+        rates["ray"].append(steady(distributed.ray_batches(root, paths, options, "auto", 32, 2)))
         print({k: round(v[-1], 1) for k, v in rates.items()}, file=sys.stderr, flush=True)
     whole = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers import diffusion, evaluate, fashion_mnist
+from helpers import diffusion, fashion_mnist, metrics
 
 
 def arc_and_loner():
@@ -17,12 +17,12 @@ def arc_and_loner():
 def test_a_loner_sinks_below_the_chain_it_outranked():
     query, gallery = arc_and_loner()
     loner = len(gallery) - 1
-    rows, sims = evaluate.retrieve(query, gallery, len(gallery))
+    rows, sims = metrics.retrieve(query, gallery, len(gallery))
     assert list(rows[0]).index(loner) == 9  # by cosine: behind the 9 arc points within 0.5 rad
     scores = diffusion.diffuse(gallery[rows[0]], sims[0], graph_k=10)
     diffused = rows[0][np.argsort(-scores)]
     assert list(diffused).index(loner) >= 20  # not linked both ways to anything: it only keeps its seed
-    reranked, _ = evaluate.retrieve(query, gallery, 12, rerank="diffusion")  # default settings
+    reranked, _ = metrics.retrieve(query, gallery, 12, rerank="diffusion")  # default settings
     assert loner not in reranked[0]
 
 
@@ -48,7 +48,7 @@ def test_diffusion_helps_on_fashion_mnist_pixels(fashion_mnist_data):
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     def precision(rerank):
-        found, _ = evaluate.retrieve(unit(test[queries]), unit(train[:3000]), 10, rerank=rerank)
+        found, _ = metrics.retrieve(unit(test[queries]), unit(train[:3000]), 10, rerank=rerank)
         return (train_labels[found] == test_labels[queries][:, None]).mean()
 
     assert precision("diffusion") > precision("none") + 0.01
@@ -56,4 +56,4 @@ def test_diffusion_helps_on_fashion_mnist_pixels(fashion_mnist_data):
 
 def test_unknown_rerank_is_refused_before_any_work():
     with pytest.raises(ValueError, match="rerank='difusion'; choose one of"):
-        evaluate.retrieve(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), 1, rerank="difusion")
+        metrics.retrieve(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), 1, rerank="difusion")

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 
 
-from helpers import report, runfolder, store
+from helpers import report, runfolder
 
 CHECK_IMAGES = """<script>window.addEventListener('load', () => {
   const all = [...document.images];

@@ -1,7 +1,6 @@
 """The run folder: re-runs equal fresh runs, one writer, steps commit as a unit, no import cycle."""
 import ast
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -116,6 +116,34 @@ def _keys(rel_path: str) -> list[tuple[int, str]]:
     return keys + [(level + LEVELS, key.lower()) for level, key in keys]
 
 
+def _images_named(index: dict, name: str) -> list[str] | None:
+    """The images an imageName points at: as written, then by its last component (absolute
+    paths, another root folder), then either of those in another letter case."""
+    name_key = name.replace("\\", "/")
+    while name_key.startswith("./"):
+        name_key = name_key[2:]
+    tries = [(level, name_key) for level in range(LEVELS)]
+    base = PurePosixPath(name_key).name
+    if base != name_key:
+        tries += [(level, base) for level in (1, 2, 3)]
+    tries += [(level + LEVELS, key.lower()) for level, key in tries]
+    return next((index[attempt] for attempt in tries if index.get(attempt)), None)
+
+
+def _problems(result: CatalogMatch) -> list[str]:
+    problems = []
+    if result.images_without_entry:
+        problems.append(f"{len(result.images_without_entry)} images have no productId "
+                        f"(first: {result.images_without_entry[0]})")
+    if result.duplicate_names:
+        problems.append(f"{len(result.duplicate_names)} imageNames are listed with different "
+                        f"productIds (first: {result.duplicate_names[0]}; the first entry is kept)")
+    if result.ambiguous_names:
+        problems.append(f"{len(result.ambiguous_names)} imageNames match several images "
+                        f"(first: {result.ambiguous_names[0]}; write the path relative to image_dir)")
+    return problems
+
+
 def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: str = "error",
                   source: str = CATALOG) -> CatalogMatch:
     """Assign a productId to every image path; raise CatalogError when ``on_missing='error'``.
@@ -137,20 +165,7 @@ def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: st
     image_name: dict[str, str] = {}
     result = CatalogMatch(product_id, image_name)
     for name, pid in catalog.itertuples(index=False):
-        name_key = name.replace("\\", "/")
-        while name_key.startswith("./"):
-            name_key = name_key[2:]
-        hits = None
-        # as written; then its last component, for absolute paths or another root folder
-        tries = [(level, name_key) for level in range(LEVELS)]
-        base = PurePosixPath(name_key).name
-        if base != name_key:
-            tries += [(level, base) for level in (1, 2, 3)]
-        tries += [(level + LEVELS, key.lower()) for level, key in tries]
-        for attempt in tries:
-            if index.get(attempt):
-                hits = index[attempt]
-                break
+        hits = _images_named(index, name)
         if hits is None:
             result.entries_without_image.append(name)
             continue
@@ -166,16 +181,7 @@ def match_catalog(paths: list[str], catalog: pd.DataFrame | None, on_missing: st
         image_name[path] = name
 
     result.images_without_entry = [p for p in paths if p not in product_id]
-    problems = []
-    if result.images_without_entry:
-        problems.append(f"{len(result.images_without_entry)} images have no productId "
-                        f"(first: {result.images_without_entry[0]})")
-    if result.duplicate_names:
-        problems.append(f"{len(result.duplicate_names)} imageNames are listed with different "
-                        f"productIds (first: {result.duplicate_names[0]}; the first entry is kept)")
-    if result.ambiguous_names:
-        problems.append(f"{len(result.ambiguous_names)} imageNames match several images "
-                        f"(first: {result.ambiguous_names[0]}; write the path relative to image_dir)")
+    problems = _problems(result)
     if problems and on_missing == "error":
         raise CatalogError(f"{source}: " + "; ".join(problems)
                            + ". Fix the catalog, or pass on_missing='skip' or 'filename'")

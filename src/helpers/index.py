@@ -121,6 +121,12 @@ class ExactIndex:
             out_sim[start:stop] = np.take_along_axis(sim, order, axis=1)
         return out_idx, out_sim
 
+    def set(self) -> None:
+        """Exact search has no query-time settings."""
+
+    def rerank_count(self, k: int) -> int:
+        return 0
+
     def all_neighbors(self, k: int, include_self: bool = False):
         """Top-k for every item in the index (the reference pipeline's job)."""
         rows = np.arange(len(self))
@@ -184,6 +190,15 @@ class AnnoyIndex:
                 index._annoy.add_item(i, v)
         index._annoy.build(n_trees, n_jobs=build_jobs)
         return index
+
+    def set(self, search_k: int | None = None) -> None:
+        """Change the query-time setting: nodes inspected per query (-1: Annoy's default)."""
+        if search_k is not None:
+            self.search_k = int(search_k)
+
+    def rerank_count(self, k: int) -> int:
+        """Hits re-ranked by exact cosine for a top-k (only on a PCA index; 0: none)."""
+        return 0 if self.projection is None else min(len(self), max(k, self.candidates or 4 * k))
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -553,6 +568,14 @@ class VoyagerIndex:
 
         return cls(Index.load(str(path)), ef, vectors, candidates)
 
+    def set(self, ef: int | None = None) -> None:
+        """Change the query-time setting: candidates explored per query."""
+        if ef is not None:
+            self.ef = int(ef)
+
+    def rerank_count(self, k: int) -> int:
+        return int(self.candidates or 0)
+
     def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
         queries = np.require(np.atleast_2d(queries), np.float32, ["C", "W"])
         extra = 1 if exclude is not None else 0
@@ -594,6 +617,11 @@ def fit_pca(vectors: np.ndarray, dims: int, seed: int = 42, sample: int = 10_000
     _, axes = np.linalg.eigh((centred.T @ centred).astype(np.float64))
     return mean.astype(np.float32), np.ascontiguousarray(axes[:, ::-1][:, :dims].T, dtype=np.float32)
 
+
+# what each backend's ``set`` takes: its query-time settings (a part of PARAMETERS). Every
+# index has the same verbs: build_index, search, all_neighbors, set, rerank_count, save, load.
+QUERY_PARAMETERS = {"exact": (), "annoy": ("search_k",), "faiss-ivfpq": ("nprobe",),
+                    "faiss-hnsw": ("ef",), "voyager": ("ef",)}
 
 # what each backend takes (build_index's keyword arguments)
 PARAMETERS = {

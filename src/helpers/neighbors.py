@@ -71,20 +71,44 @@ def fetch_size(items: pd.DataFrame, k: int, level: str = "image") -> int:
 
 
 def neighbor_table(embeddings: np.ndarray, items: pd.DataFrame, k: int = 20, backend: str = "exact",
-                   n_trees: int = 10, search_k: int = -1, include_self: bool = False,
-                   level: str = "image", min_similarity: float | None = None, index=None) -> pd.DataFrame:
-    """Top-k neighbours of every image (level="image") or product (level="product").
+                   index_params: dict | None = None, include_self: bool = False, level: str = "image",
+                   min_similarity: float | None = None, query_expansion: int = 0, rerank: str = "none",
+                   index=None) -> pd.DataFrame:
+    """Top-k neighbours of every image (level="image") or product (level="product"), with
+    03's options on arrays (``write_neighbors`` is the same on a run folder).
 
     At product level a product with several images appears once, as master and as
     neighbour, scored by its best-matching pair of images. Similarities are recomputed
     exactly from the stored vectors, so every backend reports the same numbers for a pair.
+    ``index``: an index already built over ``embeddings`` (then ``backend`` is not used).
     """
     fetch = fetch_size(items, k, level)
-    if index is None:
-        index = build_index(embeddings, backend, **({"n_trees": n_trees, "search_k": search_k}
-                                                     if backend == "annoy" else {}))
-    idx, _ = index.all_neighbors(fetch, include_self=include_self)
-    return table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self)
+    settings = index_params or {}
+    embeddings = expand_catalog(embeddings, backend, settings, query_expansion)
+    idx, scores = search_all(embeddings, fetch, include_self, backend, settings, rerank, index)
+    return table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self, scores)
+
+
+def expand_catalog(embeddings: np.ndarray, backend: str, settings: dict, n: int) -> np.ndarray:
+    """Every vector averaged with its ``n`` nearest others (no change for n = 0)."""
+    if n <= 0 or len(embeddings) < 2:
+        return embeddings
+    nearest, _ = build_index(embeddings, backend, **settings).all_neighbors(n)
+    return expand(embeddings, embeddings, nearest, n)
+
+
+def search_all(embeddings: np.ndarray, fetch: int, include_self: bool, backend: str, settings: dict,
+               rerank: str = "none", index=None):
+    """(image-level candidate rows, diffusion scores or None) of every item."""
+    from . import diffusion
+
+    diffusion.check_rerank(rerank)
+    shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
+    index = index if index is not None else build_index(embeddings, backend, **settings)
+    idx, _ = index.all_neighbors(shortlist, include_self=include_self)
+    if rerank != "diffusion":
+        return idx, None
+    return diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
 
 
 def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.ndarray, k: int,
@@ -169,11 +193,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     results as 03 does (``similarity`` stays the cosine). A file that cannot be read is skipped
     with a warning naming it; the other photos are still answered.
     """
-    import warnings
-
-    from PIL import Image
-
-    from . import diffusion, images, whitening
+    from . import diffusion, whitening
     from .index import ExactIndex
     from .options import EmbeddingOptions
 
@@ -184,20 +204,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     fetch = fetch_size(items, k, level)
     options = EmbeddingOptions(**meta["options"])
     model = options.embedder()
-    labels, batch = [], []
-    for i, p in enumerate(pictures):
-        if isinstance(p, (str, Path)):  # decoded exactly like the catalog's files
-            try:
-                batch.append(images.decode_image(images.read_file(p), model.image_size, options.resize,
-                                                 options.max_pixels)[0])
-            except images.ImageError as exc:
-                warnings.warn(f"{p}: {exc}; skipped", stacklevel=2)
-                continue
-            labels.append(str(p))
-        else:
-            labels.append(f"query {i}")
-            picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
-            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), model.image_size, options.resize)))
+    labels, batch = query_pictures(pictures, model.image_size, options)
     if not batch:
         return pd.DataFrame(columns=columns)
     vectors = model(np.stack(batch))
@@ -222,6 +229,31 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     table = pd.DataFrame(rows, columns=columns)
     table["similarity"] = truncate4(table["similarity"])
     return table
+
+
+def query_pictures(pictures, size: int, options) -> tuple[list[str], list[np.ndarray]]:
+    """(labels, square uint8 pictures) of query photos: paths are decoded exactly like the
+    catalog's files (an unreadable one is skipped with a warning), arrays are fitted alike."""
+    import warnings
+
+    from PIL import Image
+
+    from . import images
+
+    labels, batch = [], []
+    for i, p in enumerate(pictures):
+        if isinstance(p, (str, Path)):
+            try:
+                batch.append(images.decode_image(images.read_file(p), size, options.resize, options.max_pixels)[0])
+            except images.ImageError as exc:
+                warnings.warn(f"{p}: {exc}; skipped", stacklevel=3)
+                continue
+            labels.append(str(p))
+        else:
+            labels.append(f"query {i}")
+            picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
+            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), size, options.resize)))
+    return labels, batch
 
 
 # --- refreshing after a small catalog change ---------------------------------------------
@@ -380,9 +412,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         backend, settings = choose_index(run_dir, len(items), vector_bytes, backend, n_trees, search_k,
                                          pca_dims, index_params)
         fetch = fetch_size(items, k, level)
-        if query_expansion > 0 and len(items) > 1:
-            nearest, _ = build_index(embeddings, backend, **settings).all_neighbors(query_expansion)
-            embeddings = expand(embeddings, embeddings, nearest, query_expansion)
+        embeddings = expand_catalog(embeddings, backend, settings, query_expansion)
         keep_candidates = query_expansion == 0 and rerank == "none"  # lists of the store's own vectors
         can_refresh = (refresh and keep_candidates and embed_meta["options"]["postprocess"] != "whiten"
                        and saved_candidates_match(run_dir, embed_meta, include_self))
@@ -413,16 +443,10 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
 def _candidates(run_dir: Path, embeddings, items, fetch: int, include_self: bool, backend: str, settings: dict,
                 rerank: str, can_refresh: bool):
     """(image-level candidate rows, diffusion scores or None, rows searched, refreshed?)."""
-    from . import diffusion
-
     refreshed = refresh_candidates(run_dir, embeddings, items, fetch, include_self) if can_refresh else None
     if refreshed is not None:
         return refreshed[0], None, refreshed[1], True
-    shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
-    idx, _ = build_index(embeddings, backend, **settings).all_neighbors(shortlist, include_self=include_self)
-    scores = None
-    if rerank == "diffusion":
-        idx, scores = diffusion.rerank(embeddings, idx, pair_cosine(embeddings, embeddings, idx), fetch)
+    idx, scores = search_all(embeddings, fetch, include_self, backend, settings, rerank)
     return idx, scores, len(items), False
 
 

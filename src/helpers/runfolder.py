@@ -266,25 +266,30 @@ def lock(run_dir: str | Path, step: str):
         os.close(fd)
         token = os.environ.get(RUN_TOKEN)
         if token and holder.get("token") == token:  # our runner holds it for us
-            _HELD[run_dir] = [None, 1]
-            try:
-                _settle_as_writer(run_dir)
+            with _writing(run_dir, None):
                 yield
-            finally:
-                del _HELD[run_dir]
             return
         raise RunFolderBusy(
             f"{run_dir} is being written by another run ({holder.get('step', '?')}: pid {holder.get('pid', '?')} "
             f"on {holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to finish "
             "or choose another run_dir") from None
     _write_holder(fd, step)
+    try:
+        with _writing(run_dir, fd):
+            yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+@contextmanager
+def _writing(run_dir: Path, fd: int | None):
+    """This process writes ``run_dir`` now: finish what a killed writer left, then work."""
     _HELD[run_dir] = [fd, 1]
     try:
         _settle_as_writer(run_dir)
         yield
     finally:
         del _HELD[run_dir]
-        os.close(fd)  # closing the descriptor releases the flock
 
 
 def _write_holder(fd: int, step: str) -> None:

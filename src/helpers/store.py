@@ -124,6 +124,9 @@ def load_store(run_dir: str | Path, postprocessed: bool = True):
     if len(embeddings) != len(items):
         raise ValueError(f"{run_dir}: {len(embeddings)} embeddings but {len(items)} items; "
                          "the store is inconsistent, re-run 01_embed")
+    if "computed_from" not in meta:
+        raise runfolder.StaleError(f"{run_dir / EMBED_META} was written by an older version of lookalike: "
+                                   "re-run 01_embed (it embeds the catalog again)")
     if postprocessed and meta["options"]["postprocess"] == "whiten":
         embeddings = whitening.Whitening.load(run_dir / runfolder.WHITENING).apply(embeddings)
     return embeddings, items, meta

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .index import BACKENDS, PARAMETERS, ExactIndex, build_index, check_counts, default_nlist, recall_at_k
+from .index import (BACKENDS, PARAMETERS, QUERY_PARAMETERS, ExactIndex, build_index, check_counts, default_nlist,
+                    recall_at_k)
 
 REFERENCE_N_TREES = 10_000
 EXACT_PREFERENCE = 1.25  # recommend Annoy only when at least this much faster than exact
@@ -78,44 +79,65 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
     ``ef_grid``). Each build setting is built once and every query setting measured on it.
     """
     check_counts(k=k, n_queries=n_queries)
-    from tqdm import tqdm
-
-    vectors = np.asarray(embeddings, dtype=np.float32)
-    n = len(vectors)
     unknown = sorted(set(backends) - set(BACKENDS) - {"exact"})
     if unknown:
         raise ValueError(f"backends {unknown}: choose from {[b for b in BACKENDS if b != 'exact']}")
-    rng = np.random.default_rng(seed)
-    queries = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    n = len(vectors)
+    queries = np.sort(np.random.default_rng(seed).choice(n, size=min(n_queries, n), replace=False))
     exact = ExactIndex(vectors)
     start = time.perf_counter()
     with peak_memory() as mem:
         truth, _ = exact.search(vectors[queries], k, exclude=queries)
-    exact_seconds = time.perf_counter() - start
     rows = [{"backend": "exact", "build": "exact", "n_trees": 0, "search_k_multiple": np.nan, "search_k": np.nan,
              "build_seconds": 0.0, "index_bytes": vectors.nbytes, "peak_memory_bytes": mem["bytes"],
-             "queries_per_second": max(len(queries), 1) / exact_seconds, "recall": 1.0}]
-    plans = []  # (backend, build settings, [query settings])
-    if n >= 2:  # nothing to index below two items
-        if "annoy" in backends:
-            grid = sorted(set(n_trees_grid))
-            if include_reference is None:
-                include_reference = n <= REFERENCE_MAX_ITEMS
-            if include_reference and grid and REFERENCE_N_TREES not in grid:
-                grid.append(REFERENCE_N_TREES)
-            for n_trees in grid:
-                reference_only = n_trees == REFERENCE_N_TREES and n_trees not in n_trees_grid
-                # the reference only ever used the default search_k (and full vectors)
-                plans.append(("annoy", {"n_trees": n_trees,
-                                        "pca_dims": None if n_trees == REFERENCE_N_TREES else pca_dims},
-                              [{"search_k_multiple": m} for m in ([-1] if reference_only else search_k_grid)]))
-        if "faiss-ivfpq" in backends:
-            for nlist in dict.fromkeys(min(nl or default_nlist(n), n) for nl in nlist_grid):
-                plans.append(("faiss-ivfpq", {"nlist": nlist},
-                              [{"nprobe": p} for p in sorted(set(nprobe_grid)) if p <= nlist] or [{"nprobe": nlist}]))
-        for backend in ("faiss-hnsw", "voyager"):
-            if backend in backends:
-                plans += [(backend, {"M": M}, [{"ef": ef} for ef in sorted(set(ef_grid))]) for M in sorted(set(M_grid))]
+             "queries_per_second": max(len(queries), 1) / (time.perf_counter() - start), "recall": 1.0}]
+    plans = sweep_plans(n, vectors.shape[1], backends, k, n_trees_grid, search_k_grid, include_reference,
+                        pca_dims, nlist_grid, nprobe_grid, M_grid, ef_grid)
+    rows += measure(vectors, queries, truth, k, plans, progress)
+    table = pd.DataFrame(rows)
+    table["all_items_seconds"] = table["build_seconds"] + n / table["queries_per_second"]
+    table["reference"] = table["n_trees"] == REFERENCE_N_TREES
+    table["pareto"] = pareto_front(table["recall"].to_numpy(), table["queries_per_second"].to_numpy())
+    return table
+
+
+def sweep_plans(n: int, dim: int, backends, k: int, n_trees_grid, search_k_grid, include_reference,
+                pca_dims, nlist_grid, nprobe_grid, M_grid, ef_grid) -> list[tuple[str, dict, list[dict]]]:
+    """(backend, build settings, [query settings]) to measure; query settings are what the
+    index's ``set`` takes, plus columns for the table (Annoy's search_k multiple)."""
+    plans = []
+    if n < 2:  # nothing to index below two items
+        return plans
+    if "annoy" in backends:
+        grid = sorted(set(n_trees_grid))
+        if include_reference is None:
+            include_reference = n <= REFERENCE_MAX_ITEMS
+        if include_reference and grid and REFERENCE_N_TREES not in grid:
+            grid.append(REFERENCE_N_TREES)
+        projected = pca_dims if pca_dims and pca_dims < dim else None
+        for n_trees in grid:
+            reference_only = n_trees == REFERENCE_N_TREES and n_trees not in n_trees_grid
+            # the reference only ever used the default search_k (and full vectors)
+            multiples = [-1] if reference_only else search_k_grid
+            plans.append(("annoy", {"n_trees": n_trees, "pca_dims": None if n_trees == REFERENCE_N_TREES else projected},
+                          [{"search_k_multiple": m, "search_k": resolve_search_k(m, k, n_trees)} for m in multiples]))
+    if "faiss-ivfpq" in backends:
+        for nlist in dict.fromkeys(min(nl or default_nlist(n), n) for nl in nlist_grid):
+            plans.append(("faiss-ivfpq", {"nlist": nlist},
+                          [{"nprobe": p} for p in sorted(set(nprobe_grid)) if p <= nlist] or [{"nprobe": nlist}]))
+    for backend in ("faiss-hnsw", "voyager"):
+        if backend in backends:
+            plans += [(backend, {"M": M}, [{"ef": ef} for ef in sorted(set(ef_grid))]) for M in sorted(set(M_grid))]
+    return plans
+
+
+def measure(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int, plans, progress: bool) -> list[dict]:
+    """Build each plan's index once, then time and score every query setting on it: the
+    same verbs for every backend (build_index, set, search, rerank_count, save)."""
+    from tqdm import tqdm
+
+    rows = []
     bar = tqdm(total=sum(len(q) for _, _, q in plans), desc="sweep", disable=not progress, mininterval=2.0)
     with tempfile.TemporaryDirectory() as tmp:
         for backend, settings, query_settings in plans:
@@ -126,35 +148,18 @@ def run_sweep(embeddings: np.ndarray, n_trees_grid=(1, 5, 10, 25, 50, 100, 200),
             size = index_bytes(index, Path(tmp) / "index")
             label = " ".join(f"{key}={value}" for key, value in settings.items() if value is not None)
             for query in query_settings:
-                row = {"backend": backend, "build": f"{backend} {label}", **settings}
-                if backend == "annoy":
-                    n_trees = settings["n_trees"]
-                    index.search_k = resolve_search_k(query["search_k_multiple"], k, n_trees)
-                    row.update(search_k_multiple=query["search_k_multiple"], search_k=index.search_k,
-                               pca_dims=settings["pca_dims"] if index.projection is not None else None)
-                elif backend == "faiss-ivfpq":
-                    index.set(nprobe=query["nprobe"])
-                    row.update(query, candidates=index.rerank_count(k))
-                elif backend == "faiss-hnsw":
-                    index.set(ef=query["ef"])
-                    row.update(query)
-                else:
-                    index.ef = query["ef"]
-                    row.update(query)
+                index.set(**{name: query[name] for name in QUERY_PARAMETERS[backend]})
                 start = time.perf_counter()
                 found, _ = index.search(vectors[queries], k, exclude=queries)
                 seconds = time.perf_counter() - start
-                row.update(build_seconds=build_seconds, index_bytes=size, peak_memory_bytes=mem["bytes"],
-                           queries_per_second=len(queries) / seconds, recall=recall_at_k(found, truth))
-                rows.append(row)
+                rows.append({"backend": backend, "build": f"{backend} {label}", **settings, **query,
+                             "candidates": index.rerank_count(k) or None, "build_seconds": build_seconds,
+                             "index_bytes": size, "peak_memory_bytes": mem["bytes"],
+                             "queries_per_second": len(queries) / seconds, "recall": recall_at_k(found, truth)})
                 bar.update(1)
             del index
     bar.close()
-    table = pd.DataFrame(rows)
-    table["all_items_seconds"] = table["build_seconds"] + n / table["queries_per_second"]
-    table["reference"] = table["n_trees"] == REFERENCE_N_TREES
-    table["pareto"] = pareto_front(table["recall"].to_numpy(), table["queries_per_second"].to_numpy())
-    return table
+    return rows
 
 
 def index_bytes(index, path: Path) -> int:
@@ -186,7 +191,8 @@ def cheapest(table: pd.DataFrame, target_recall: float = 0.95, backend: str | No
 def settings_of(row: pd.Series) -> dict:
     """The build_index keyword arguments of a sweep row (search_k resolved, NaN dropped)."""
     out = {}
-    for name in PARAMETERS.get(row["backend"], ()):
+    # "candidates" is reported, not recommended: 03 re-ranks its own k's default
+    for name in (p for p in PARAMETERS.get(row["backend"], ()) if p != "candidates"):
         value = row.get(name)
         if value is None or (isinstance(value, float) and np.isnan(value)):
             continue
