@@ -9,11 +9,12 @@
 # exits 0: `make run` skips the benchmark that needs a missing part, `make test` skips the
 # tests that do (CI=true turns those skips into failures).
 set -u
+have() { local p; p=$(command -v "$1") && [ -f "$p" ] && [ -x "$p" ]; }  # a real program, not a stand-in
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+have chromium || need+=(chromium)
+have chromedriver || need+=(chromium-driver)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 [ "${#need[@]}" -eq 0 ] && exit 0
 
@@ -24,9 +25,9 @@ skip_note() {
   exit 0
 }
 [ "$(id -u)" -eq 0 ] || skip_note "needs root"
-command -v apt-get >/dev/null 2>&1 || skip_note "no apt-get on this machine"
+have apt-get || skip_note "no apt-get on this machine"
 if [ -f "$tried" ] && [ "$(cat "$tried")" = "${need[*]}" ] && [ "${1:-}" != "--retry" ]; then
-  skip_note "apt-get failed before; retry with: make system"
+  skip_note "apt-get failed before"
 fi
 echo "installing Debian packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive

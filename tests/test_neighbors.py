@@ -252,3 +252,18 @@ def test_diffusion_in_03_reorders_but_reports_cosines(tiny_catalog, tmp_path):
     assert json.loads((run_dir / "nearest_neighbors.json").read_text())[0]["master_pi"] == table["master_pi"][0]
     with pytest.raises(ValueError, match="rerank"):
         write_neighbors(run_dir, rerank="graph")
+
+
+@pytest.mark.parametrize("options", [{"query_expansion": 1}, {"rerank": "diffusion"}, {"level": "product"}])
+def test_neighbor_table_on_arrays_equals_03_on_the_run_folder(tiny_catalog, tmp_path, options):
+    """One search path: the in-memory function and 03's step give the same lists."""
+    from helpers import embed, store
+    from helpers.neighbors import write_neighbors
+
+    run_dir = tmp_path / "run"
+    embed.embed_folder(tiny_catalog, run_dir, catalog=tiny_catalog / "image_data.json", progress=False)
+    params = {"k": 3, "level": "image", **options}
+    write_neighbors(run_dir, backend="exact", **params)
+    embeddings, items, _ = store.load_store(run_dir)
+    pd.testing.assert_frame_equal(neighbor_table(embeddings, items, backend="exact", **params),
+                                  pd.read_parquet(run_dir / runfolder.NEIGHBORS))
