@@ -1,12 +1,25 @@
 """Figures for the notebooks: image grids and distributions. Functions return figures."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .images import thumbnail
+
+
+def plain_text(plot):
+    """Draw every label of ``plot`` as plain text: matplotlib reads ``$...$`` as maths, and a
+    product id such as ``SKU $5-$10`` or ``P$\\bar$`` must show as written (or not fail)."""
+    @functools.wraps(plot)
+    def drawn(*args, **kwargs):
+        with mpl.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return drawn
 
 
 def similarity_color(similarity: float) -> tuple:
@@ -14,6 +27,7 @@ def similarity_color(similarity: float) -> tuple:
     return plt.cm.RdYlGn(float(np.clip((similarity - 0.5) / 0.5, 0, 1)))
 
 
+@plain_text
 def plot_neighbor_rows(image_dir: str | Path, query_paths: list[str], neighbor_paths: list[list[str]],
                        similarities: list[list[float]], labels: list[list[str]] | None = None,
                        thumb_size: int = 128):
@@ -46,6 +60,7 @@ def plot_neighbor_rows(image_dir: str | Path, query_paths: list[str], neighbor_p
 BACKEND_COLOURS = {"annoy": "Blues", "faiss-ivfpq": "Oranges", "faiss-hnsw": "Greens", "voyager": "Purples"}
 
 
+@plain_text
 def plot_sweep(table, k: int = 20):
     """Recall vs queries/s (a line per build: n_trees, nlist or M; one colour family per
     backend; Pareto front ringed), recall vs build time, index size per build."""
@@ -90,6 +105,7 @@ def plot_sweep(table, k: int = 20):
     return fig
 
 
+@plain_text
 def plot_similarity_distribution(table):
     """Histograms of top-1 and of all top-k similarities."""
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -181,6 +197,7 @@ def catalog_map(embeddings, thumbnails, canvas_size: int = 2000, thumb_size: int
     return canvas
 
 
+@plain_text
 def plot_metric_bars(summary, columns, title: str = ""):
     """Grouped bars of metric columns per row of a benchmark summary (the "all" row last)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(summary) * max(1, len(columns)) ** 0.5), 3.8))
@@ -195,6 +212,7 @@ def plot_metric_bars(summary, columns, title: str = ""):
     return fig
 
 
+@plain_text
 def plot_confusion(table, title: str = "Which classes the top-k neighbours come from"):
     """Heatmap of a row-normalised confusion table (query class x neighbour class)."""
     fig, ax = plt.subplots(figsize=(7.5, 6))
