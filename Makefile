@@ -11,11 +11,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: run sweep test lab model install system debian clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,scale]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import helpers, tensorflow, papermill"  # the install above really worked
-	touch $(STAMP)
+	@echo "installing the project into $(VENV) (once; a few minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,scale]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import importlib.util as u, sys; sys.exit(any(not u.find_spec(m) for m in ('helpers', 'tensorflow', 'papermill')))" \
+		|| { echo "the install into $(VENV) failed: see the messages above" >&2; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 

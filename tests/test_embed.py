@@ -134,6 +134,44 @@ def test_a_run_folder_inside_image_dir_is_not_embedded(tmp_path):
     assert meta["other_files"] == {}  # nor are its tables counted as the catalog's other files
 
 
+def test_run_dir_equal_to_image_dir_leaves_the_runs_own_files_out(tmp_path):
+    """The second run must not embed the first one's thumbnails, grids and catalog map."""
+    from PIL import Image
+
+    from helpers import grids, neighbors
+
+    for i, colour in enumerate(((10, 200, 10), (200, 10, 10), (10, 10, 200))):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / f"p{i}.jpg")
+    embed_folder(tmp_path, tmp_path, progress=False)
+    neighbors.write_neighbors(tmp_path, k=2)
+    grids.render_grids(tmp_path, 2, k=2)
+    Image.new("RGB", (40, 40)).save(tmp_path / runfolder.CATALOG_MAP)  # what 04 leaves too
+    meta = embed_folder(tmp_path, tmp_path, progress=False)
+    assert sorted(store.load_items(tmp_path)["path"]) == ["p0.jpg", "p1.jpg", "p2.jpg"] and meta["n_files"] == 3
+    assert meta["other_files"] == {}
+
+
+def test_links_to_files_outside_image_dir_are_not_read(tmp_path):
+    """A link to /etc/passwd (or any file outside image_dir) is listed in skipped.csv, unread."""
+    from PIL import Image
+
+    folder, outside = tmp_path / "shop", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    outside.mkdir()
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(folder / "ok.jpg")
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(outside / "secret.jpg")
+    (folder / "inside_link.jpg").symlink_to(folder / "ok.jpg")
+    (folder / "sub" / "passwd.png").symlink_to("/etc/passwd")
+    (folder / "secret.jpg").symlink_to(outside / "secret.jpg")
+    embed_folder(folder, tmp_path / "run", progress=False)
+    assert store.load_items(tmp_path / "run")["path"].tolist() == ["inside_link.jpg", "ok.jpg"]
+    reasons = dict(store.load_skipped(tmp_path / "run").values)
+    assert set(reasons) == {"secret.jpg", "sub/passwd.png"}
+    assert all("outside image_dir" in r for r in reasons.values())
+    embed_folder(folder, tmp_path / "all", links="all", progress=False)
+    assert "secret.jpg" in store.load_items(tmp_path / "all")["path"].tolist()  # when asked for
+
+
 def test_pipes_and_devices_named_like_images_are_skipped_unread(tmp_path):
     """A named pipe blocks and /dev/zero never ends when read: the run must go on without them."""
     import os
@@ -148,7 +186,8 @@ def test_pipes_and_devices_named_like_images_are_skipped_unread(tmp_path):
     os.mkfifo(folder / "pipe.jpg")
     (folder / "zero.png").symlink_to("/dev/zero")
     # in a child process, so that a hang fails this test instead of blocking the suite
-    code = f"from helpers.embed import embed_folder; embed_folder({str(folder)!r}, {str(tmp_path / 'run')!r}, progress=False)"
+    code = (f"from helpers.embed import embed_folder; embed_folder({str(folder)!r}, {str(tmp_path / 'run')!r}, "
+            "links='all', progress=False)")  # links='all': the device itself is what is refused
     try:
         subprocess.run([sys.executable, "-c", code], check=True, timeout=180, capture_output=True)
     except subprocess.TimeoutExpired:

@@ -201,3 +201,33 @@ def test_oversized_png_metadata_gets_its_own_reason():
     Image.new("RGB", (32, 32), "blue").save(buf, "PNG", pnginfo=info)
     with pytest.raises(images.ImageError, match="text metadata.*re-save"):
         images.decode_image(buf.getvalue(), 32)
+
+
+def test_every_format_pillow_opens_is_listed_or_declined_with_a_reason():
+    Image.init()
+    opened = {ext for ext, fmt in Image.EXTENSION.items() if fmt in Image.OPEN}
+    listed = set(images.IMAGE_EXTENSIONS)
+    assert opened <= listed | set(images.NOT_LISTED), sorted(opened - listed - set(images.NOT_LISTED))
+    assert not listed & set(images.NOT_LISTED)
+    assert listed - {".heic", ".heif", ".heics", ".heifs", ".hif"} <= opened  # nothing is listed that Pillow cannot open
+
+
+@pytest.mark.parametrize("ext", [".ppm", ".pgm", ".pbm", ".pnm"])
+def test_pnm_images_are_listed_and_decoded(tmp_path, ext):
+    picture = photo("coffee").resize((64, 48))
+    picture.convert({".pgm": "L", ".pbm": "1"}.get(ext, "RGB")).save(tmp_path / f"a{ext}", "PPM")
+    assert images.list_images(tmp_path) == [f"a{ext}"]
+    pixels, size = images.decode_image((tmp_path / f"a{ext}").read_bytes(), 32)
+    assert pixels.shape == (32, 32, 3) and size == (64, 48)
+
+
+def test_thumbnails_of_pipes_are_grey_tiles_not_a_hang(tmp_path):
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    done = []
+    worker = threading.Thread(target=lambda: done.append(images.thumbnail(tmp_path / "pipe.jpg", 16)), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert done and done[0].size == (16, 16)  # a grey tile, at once

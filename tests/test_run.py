@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import require
-from helpers import fashion_mnist, run, store
+from helpers import fashion_mnist, run, runfolder, store
 
 FAST = ["01_embed.ipynb", "03_neighbors.ipynb"]
 
@@ -132,3 +132,38 @@ def test_none_means_nothing_on_the_command_line_and_in_yaml(tmp_path):
                                     [notebook], tmp_path)[notebook]
     assert params["catalog"] is None  # not a file called "None"
     assert params["image_dir"] == str((tmp_path / "photos").resolve())
+
+
+HOSTILE_NAMES = ["<img src=x onerror=alert(1)>.jpg", "\"quoted' & <b>bold</b>.png", "SKU $5-$10.jpg"]
+
+
+def test_a_sweep_on_hostile_names_writes_no_raw_tag_and_fails_loudly(tmp_path, monkeypatch):
+    """Names and error messages reach every page as text; a sweep with a failed run exits non-zero."""
+    from conftest import photo
+
+    good = tmp_path / "shop1" / "images"
+    good.mkdir(parents=True)
+    for name, picture in zip(HOSTILE_NAMES, ("chelsea", "coffee", "rocket")):
+        photo(picture).save(good / name)
+    missing = tmp_path / "shop2" / "<b>images</b>"  # does not exist: that run fails, naming it
+    config = {"run_dir": str(tmp_path / "sweep"), "image_dir": [str(good), str(missing)], "catalog": None,
+              "k": 2, "queries": 2}
+    with pytest.raises(run.RunError, match=r"1 of 2 sweep runs failed:\n  image_dir=_b_images_b_: 01_embed"):
+        run.run_sweep(config, notebooks=["01_embed.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb"])
+    pages = sorted((tmp_path / "sweep").rglob("*.html"))
+    assert len(pages) >= 5  # the sweep page, two reports, the notebooks
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for raw in ("<img src=x", "<b>bold", "<b>images"):
+            assert raw not in text, (page.name, raw)
+    assert "&lt;b&gt;images&lt;/b&gt;" in (tmp_path / "sweep" / runfolder.SWEEP_PAGE).read_text()
+    monkeypatch.setattr(run, "NOTEBOOKS", ["01_embed.ipynb"])
+    assert run.main(["-p", "run_dir", str(tmp_path / "again"), "-p", "image_dir", f"[{good}, {missing}]",
+                     "-p", "catalog", "null"]) == 1  # the command line's exit code says it too
+
+
+def test_sweep_folders_of_same_named_paths_do_not_collide():
+    combos = run.expand_sweep({"run_dir": "x", "image_dir": ["/data/shop1/images", "/data/shop2/images"]})
+    names = run.run_folder_names(combos)
+    assert len(set(names)) == 2 and all(n.startswith("image_dir=images-") for n in names)
+    assert run.run_folder_names(run.expand_sweep({"run_dir": "x", "k": [2, 3]})) == ["k=2", "k=3"]

@@ -52,24 +52,25 @@ class Plan:
 
 
 def plan(root: Path, run_dir: Path, options: EmbeddingOptions, work: store.PartialWork, catalog,
-         on_missing: str, recursive: bool, workers: int) -> Plan:
+         on_missing: str, recursive: bool, workers: int, links: str = "inside") -> Plan:
     """List and match the files (catalog problems fail here, before any decoding) and find
     the vectors that need no model: the previous store's and the checkpoints', by sha256."""
-    others = Counter()
+    others, refused = Counter(), {}
     # a run folder inside image_dir: its thumbnails, grids and tables are not the catalog's
-    listed = images.list_images(root, recursive, others=others, exclude=run_dir)
+    listed = images.list_images(root, recursive, others=others, exclude=run_dir, links=links, refused=refused)
     bad_names = [p for p in listed if not _is_utf8(p)]  # Linux allows any bytes; tables do not
     listed = [p for p in listed if _is_utf8(p)]
     frame = catalog_mod.read_catalog(catalog) if catalog else None
     match = catalog_mod.match_catalog(listed, frame, on_missing, source=str(catalog))
     reasons = {p: "no productId in the catalog (on_missing='skip')" for p in listed if p not in match.product_id}
+    reasons.update(refused)
     for p in bad_names:
         shown = p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         reasons[shown] = "file name is not valid UTF-8: rename the file to include it"
     previous = runfolder.record(run_dir, "embed") or None
     reused = bool(previous) and previous.get("computed_from", {}).get("vector_key") == options.vector_key()
     result = Plan(root, [p for p in listed if p in match.product_id], match, reasons,
-                  len(listed) + len(bad_names), dict(sorted(others.items())), previous, reused)
+                  len(listed) + len(bad_names) + len(refused), dict(sorted(others.items())), previous, reused)
     if previous:
         result.old_paths = set(store.load_items(run_dir)["path"])
     if reused:  # never mix vectors of other options: only a store of the same vector key
@@ -192,7 +193,7 @@ def assemble(job: Plan, staging: runfolder.Staging, dim: int) -> pd.DataFrame:
 
 def embed_folder(image_dir: str | Path, run_dir: str | Path, options: EmbeddingOptions | None = None, *,
                  catalog: str | Path | None = None, on_missing: str = "error", recursive: bool = True,
-                 batch_size: int = 32, runtime: str = "auto", engine: str = "local", workers: int | None = None,
+                 links: str = "inside", batch_size: int = 32, runtime: str = "auto", engine: str = "local", workers: int | None = None,
                  checkpoint_every: int = 1024, progress: bool = True, **option_values) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the store's record.
 
@@ -203,7 +204,9 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, options: EmbeddingO
     is matched before any image is decoded. ``engine``: "local", or "ray" (a Ray actor pool
     here or at ``RAY_ADDRESS``; every worker must see ``image_dir`` at the same path).
     ``workers``: decode threads (local) or model workers (ray). ``runtime``: see
-    ``models.load_model``. One writer at a time: a second run on the folder is refused.
+    ``models.load_model``. ``links``: "inside" embeds a linked file only when it is under
+    ``image_dir`` (others are listed in skipped.csv); "all" follows every file link.
+    One writer at a time: a second run on the folder is refused.
     """
     options = EmbeddingOptions.of(options.as_dict() if options else None, **option_values)
     _check_run_settings(engine, batch_size)
@@ -212,7 +215,7 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, options: EmbeddingO
     with runfolder.lock(run_dir, "01_embed"):
         started = time.perf_counter()
         work = store.PartialWork(run_dir, options.vector_key())
-        job = plan(root, run_dir, options, work, catalog, on_missing, recursive, workers)
+        job = plan(root, run_dir, options, work, catalog, on_missing, recursive, workers, links)
         done = compute(job, options, work, engine, runtime, batch_size, workers, checkpoint_every, progress)
         if done.model:
             dim = done.model.dim

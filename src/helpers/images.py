@@ -27,8 +27,28 @@ except ImportError:
 
 # listed as images; a file Pillow cannot read is then skipped with its reason in
 # skipped.csv, never silently left out
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-                    ".avif", ".heic", ".heif", ".jp2")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib",
+                    ".tif", ".tiff", ".avif", ".avifs", ".heic", ".heif", ".heics", ".heifs", ".hif",
+                    ".jp2", ".j2k", ".j2c", ".jpc", ".jpx", ".jpf", ".ppm", ".pgm", ".pbm", ".pnm",
+                    ".tga", ".qoi")
+# what Pillow also opens, and why it is not a product photo here (tests keep the two lists
+# covering everything Pillow registers)
+NOT_LISTED = {
+    ".psd": "Photoshop layers: Pillow reads one layer, not the picture people see",
+    ".eps": "PostScript: needs Ghostscript to draw", ".ps": "PostScript: needs Ghostscript to draw",
+    ".ico": "icons", ".cur": "cursors", ".icns": "icons", ".xbm": "1-bit icons", ".xpm": "icons",
+    ".wmf": "vector metafile (placeholder only)", ".emf": "vector metafile (placeholder only)",
+    ".pfm": "floating-point maps", ".fit": "astronomy data", ".fits": "astronomy data",
+    ".bufr": "weather data", ".grib": "weather data", ".h5": "scientific data", ".hdf": "scientific data",
+    ".dds": "game textures", ".blp": "game textures", ".vtf": "game textures", ".ftc": "game textures",
+    ".ftu": "game textures", ".gbr": "GIMP brushes", ".mpeg": "video", ".mpg": "video",
+    ".fli": "animations", ".flc": "animations", ".dcx": "fax pages", ".pcx": "legacy paint",
+    ".pcd": "Kodak Photo CD", ".msp": "legacy paint", ".im": "legacy raster", ".iim": "IPTC news data",
+    ".icb": "legacy Targa", ".vda": "legacy Targa", ".vst": "legacy Targa", ".ras": "Sun raster",
+    ".sgi": "SGI raster", ".rgb": "SGI raster", ".rgba": "SGI raster", ".bw": "SGI raster",
+    ".pxr": "Pixar raster",
+}
+LINKS = ("inside", "all")  # list_images: follow file links only to files under image_dir, or any
 RESIZE_MODES = ("crop", "full", "pad", "squash")
 # Pillow's own decompression-bomb threshold (~89 Mpx, e.g. 9,500 x 9,500).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -43,32 +63,67 @@ class ImageError(ValueError):
 
 
 def list_images(image_dir: str | Path, recursive: bool = True, others: Counter | None = None,
-                exclude: str | Path | None = None) -> list[str]:
+                exclude: str | Path | None = None, links: str = "inside",
+                refused: dict | None = None) -> list[str]:
     """Relative POSIX paths of image files under ``image_dir``, sorted (case-insensitive ext).
 
     ``others``: a Counter that gets the extension of every other file (".txt", "" for none).
-    ``exclude``: a folder whose files are not listed or counted (a run folder kept inside).
+    ``exclude``: a run folder kept inside ``image_dir`` (or ``image_dir`` itself): the run's
+    own files (thumbnails, grids, the catalog map) are not the catalog's. ``links``: "inside"
+    lists a file link only when it points at a file under ``image_dir``; "all" follows any.
+    ``refused``: a dict that gets path -> reason for each link left out.
     """
+    if links not in LINKS:
+        raise ValueError(f"links={links!r}; choose one of {LINKS}")
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"image_dir={str(image_dir)!r} is not a folder")
-    try:
-        skip = Path(exclude).resolve().relative_to(root.resolve()) if exclude is not None else None
-    except ValueError:  # not inside image_dir
-        skip = None
+    skip, own = _excluded(root, exclude)
     found = []
     if recursive:
         walker = os.walk(root)
     else:
         walker = [(str(root), [], [e.name for e in os.scandir(root) if e.is_file()])]
     for folder, dirs, files in walker:
-        dirs[:] = sorted(d for d in dirs if skip is None or Path(folder, d).relative_to(root) != skip)
+        top = Path(folder) == root
+        dirs[:] = sorted(d for d in dirs if Path(folder, d).relative_to(root) != skip and not (top and d in own))
         for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append((Path(folder) / name).relative_to(root).as_posix())
-            elif others is not None:
-                others[os.path.splitext(name)[1].lower()] += 1
+            rel = (Path(folder) / name).relative_to(root).as_posix()
+            if top and name in own:
+                continue
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                if others is not None:
+                    others[os.path.splitext(name)[1].lower()] += 1
+            elif links == "inside" and not _inside(root, Path(folder) / name):
+                if refused is not None:
+                    refused[rel] = "a link to a file outside image_dir: not read (links='all' follows it)"
+            else:
+                found.append(rel)
     return sorted(found)
+
+
+def _excluded(root: Path, exclude) -> tuple[Path | None, set]:
+    """(a sub-folder to leave out, names at the top to leave out: a run folder's own files)."""
+    from . import runfolder
+
+    if exclude is None:
+        return None, set()
+    try:
+        skip = Path(exclude).resolve().relative_to(root.resolve())
+    except ValueError:  # not inside image_dir
+        return None, set()
+    return (None, runfolder.OWN_ENTRIES) if skip == Path(".") else (skip, set())
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """True unless ``path`` is a link whose target is not under ``root``."""
+    if not path.is_symlink():
+        return True
+    try:
+        path.resolve(strict=True).relative_to(root.resolve())
+        return True
+    except (OSError, ValueError, RuntimeError):  # outside, dangling or a loop
+        return False
 
 
 def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS):
@@ -220,7 +275,7 @@ def thumbnail(path: str | Path, size: int = 128) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(read_file(path)))  # the same checks as embedding: never a pipe
             im.draft(None, (size, size))
             im = to_rgb(_upright(im))
             im.thumbnail((size, size))

@@ -205,6 +205,15 @@ def _slug(swept: dict) -> str:
     return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:120]
 
 
+def run_folder_names(combos: list[dict]) -> list[str]:
+    """A readable, distinct folder name per combination: names that would collide
+    (/shop1/images and /shop2/images both read "image_dir=images") get a hash of the values."""
+    slugs = [_slug(c["_swept"]) for c in combos]
+    repeated = {s for s in slugs if slugs.count(s) > 1}
+    return [f"{s}-{runfolder.key_of(repr(sorted(c['_swept'].items())))[:8]}" if s in repeated else s
+            for s, c in zip(slugs, combos)]
+
+
 def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | None = None) -> Path:
     """Run every combination into ``run_dir/<name>/``; return the page to open.
 
@@ -225,9 +234,9 @@ def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | Non
         resolve_parameters({k: v for k, v in combo.items() if k != "_swept"}, paths, base)
     embedded: dict[str, Path] = {}
     rows = []
-    for combo in combos:
+    for combo, name in zip(combos, run_folder_names(combos)):
         swept = combo.pop("_swept")
-        run_dir = root / _slug(swept)
+        run_dir = root / name
         combo["run_dir"] = str(run_dir)
         key = repr(sorted((k, repr(v)) for k, v in combo.items() if k in embed_names))
         reuse = embedded.get(key) if EMBED_NOTEBOOK in names else None
@@ -242,7 +251,12 @@ def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | Non
         rows.append({"run": run_dir.name, **swept, "status": status, **report.key_figures(run_dir)})
     summary = pd.DataFrame(rows)
     runfolder.write_table(root / runfolder.SWEEP_SUMMARY, summary)
-    return write_sweep_page(root, summary)
+    page = write_sweep_page(root, summary)
+    failed = summary[summary["status"] != "ok"]
+    if len(failed):  # make, CI and schedulers must see it
+        listed = "\n".join(f"  {r}: {status}" for r, status in zip(failed["run"], failed["status"]))
+        raise RunError(f"{len(failed)} of {len(summary)} sweep runs failed:\n{listed}\n  summary: {page}")
+    return page
 
 
 def write_sweep_page(root: Path, summary) -> Path:
@@ -250,6 +264,7 @@ def write_sweep_page(root: Path, summary) -> Path:
     import base64
     import html
     import io
+    from urllib.parse import quote
 
     import matplotlib
 
@@ -274,8 +289,11 @@ def write_sweep_page(root: Path, summary) -> Path:
         plt.close(fig)
         data = base64.b64encode(buffer.getvalue()).decode("ascii")
         picture = f'<img alt="comparison" src="data:image/png;base64,{data}">'
-    links = summary.assign(run=[f'<a href="{html.escape(r)}/{runfolder.REPORT}">{html.escape(r)}</a>'
-                                for r in summary["run"]])
+    # every value is text (run names, swept paths, error messages): escaped, then the links added
+    links = summary.astype(object).map(lambda v: "" if pd.isna(v) else html.escape(str(v)))
+    links.columns = [html.escape(str(c)) for c in links.columns]
+    links["run"] = [f'<a href="{html.escape(quote(r))}/{runfolder.REPORT}">{html.escape(r)}</a>'
+                    for r in summary["run"]]
     links = links[["#"] + [c for c in links.columns if c != "#"]]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep: {html.escape(root.name)}</title>"
             f"<style>{report.STYLE}</style></head><body><h1>Sweep: {html.escape(root.name)}</h1>"

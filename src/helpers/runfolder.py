@@ -68,6 +68,12 @@ SWEEP_PAGE = "sweep_summary.html"
 LOCK = ".lock"
 STAGING = ".staging"
 
+# what a run writes at its top level: never part of the catalog when run_dir is image_dir
+OWN_ENTRIES = frozenset({EMBEDDINGS, ITEMS, SKIPPED, EMBED_META, WHITENING, PARTIAL, SWEEP, INDEX_CHOICE,
+                         NEAREST_NEIGHBORS, NEIGHBORS, NEAR_DUPLICATES, CANDIDATES, CANDIDATE_ITEMS,
+                         NEIGHBORS_META, SQLITE, ELASTICSEARCH, GRIDS, THUMBS, CATALOG_MAP, METRICS,
+                         NEAR_DUPLICATE_BENCHMARK, NOTEBOOKS, REPORT, LOG, SWEEP_SUMMARY, SWEEP_PAGE,
+                         LOCK, STAGING})
 STORE_FILES = (EMBEDDINGS, ITEMS, SKIPPED, EMBED_META)  # what a sweep copies to share a store
 RECORDS = {"embed": EMBED_META, "index": INDEX_CHOICE, "neighbors": NEIGHBORS_META, "evaluate": METRICS}
 RERUN = {"embed": "01_embed", "index": "02_index_sweep", "neighbors": "03_neighbors", "evaluate": "05_evaluate"}
