@@ -105,3 +105,20 @@ def test_case_differences_match_when_unambiguous(tmp_path):
     match = match_catalog(PATHS, frame, on_missing="skip")
     assert match.product_id == {"hats/cap.png": "CAP"}  # blue.jpg is in two folders: ambiguous
     assert match.ambiguous_names == ["Blue.jpg"]
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('{"imageName": "a.jpg", "productId": NaN}\n', r"line 1: NaN is not a number"),
+    ('{"imageName": "a.jpg", "productId": Infinity}\n', r"line 1: Infinity is not a number"),
+    ('{"imageName": "a.jpg", "productId": 1e999}\n', r"line 1: the number 1e999 is not finite"),
+    ('{"imageName": "a.jpg", "productId": ' + "7" * 5000 + "}\n", r"line 1: .*digits.*write product ids as strings"),
+    ('{"imageName": "a.jpg", "productId": ' + "[" * 100_000 + "]" * 100_000 + "}\n", r"line 1: nested too deeply"),
+    ("[" + "[" * 100_000 + "]" * 100_000 + "]", r"the list: nested too deeply"),
+    ('{"a.jpg": NaN}', r"line 1: NaN"),
+])
+def test_hostile_numbers_and_nesting_are_catalog_errors(tmp_path, body, expected):
+    """Not RecursionError or ValueError, and never the ids "nan" or "inf" merging unrelated images."""
+    path = tmp_path / "image_data.json"
+    path.write_text(body)
+    with pytest.raises(CatalogError, match=expected):
+        read_catalog(path)

@@ -10,6 +10,7 @@ root folder, fall back to their file name; letter case is ignored as a last reso
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -46,13 +47,38 @@ class CatalogMatch:
         }
 
 
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is not finite")
+    return value
+
+
+def _constant(name: str):
+    raise ValueError(f"{name} is not a number a catalog can hold")
+
+
+def _loads(text: str, path: Path, place: str):
+    """``json.loads`` for a catalog: NaN, Infinity, 1e999, integers past Python's digit limit
+    and nesting too deep for the parser are CatalogErrors naming the record, never ids."""
+    try:
+        return json.loads(text, parse_float=_number, parse_constant=_constant)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise CatalogError(f"{path}, {place}: nested too deeply to read; records are flat "
+                           "{\"imageName\": ..., \"productId\": ...} objects") from None
+    except ValueError as exc:  # non-finite numbers, or an integer of thousands of digits
+        raise CatalogError(f"{path}, {place}: {exc}; write product ids as strings") from None
+
+
 def read_catalog(path: str | Path) -> pd.DataFrame:
     """Read ``image_data.json`` into a frame with columns imageName, productId (strings)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
     records = []
-    mapping = _plain_mapping(stripped)
+    mapping = _plain_mapping(stripped, path)
     if mapping is not None:  # {"imageName": "productId", ...}
         nested = next((name for name, pid in mapping.items() if isinstance(pid, (dict, list))), None)
         if nested is not None:
@@ -63,7 +89,7 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
         where = [f"key {name!r}" for name in mapping]
     elif stripped.startswith("["):
         try:
-            records = json.loads(stripped)
+            records = _loads(stripped, path, "the list")
         except json.JSONDecodeError as exc:
             raise CatalogError(f"{path}: not valid JSON ({exc})") from None
         where = [f"record {i + 1}" for i in range(len(records))]
@@ -73,7 +99,7 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                records.append(_loads(line, path, f"line {number}"))
             except json.JSONDecodeError as exc:
                 raise CatalogError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
             where.append(f"line {number}")
@@ -89,14 +115,14 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["imageName", "productId"])
 
 
-def _plain_mapping(text: str) -> dict | None:
+def _plain_mapping(text: str, path: Path) -> dict | None:
     """The file as one JSON object of image name -> product id, or None when it is not that
     (a list, JSON lines, or a single record with imageName / productId keys)."""
     if not text.startswith("{"):
         return None
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:  # several lines: JSON lines
+        whole = _loads(text, path, "the object")
+    except (json.JSONDecodeError, CatalogError):  # several lines (JSON lines), or said there by line
         return None
     if not isinstance(whole, dict) or {"imageName", "productId"} & set(whole):
         return None
