@@ -189,3 +189,16 @@ def test_cli(run_dir, tmp_path, capsys):
     assert export.main([str(run_dir), "--sqlite", str(tmp_path / "x.sqlite"), "--elasticsearch"]) == 0
     assert (tmp_path / "x.sqlite").exists() and "elasticsearch" in capsys.readouterr().out
     assert export.main([str(tmp_path), "--sqlite"]) == 1
+
+
+@pytest.mark.parametrize("dsn", ["host=127.0.0.1 port=1 password=S3cret PW user=app",
+                                 "host=127.0.0.1 port=1 password='S3cret PW' connect_timeout=2",
+                                 "postgresql://app:S3cret@127.0.0.1:1/shop?connect_timeout=2"])
+def test_no_error_shows_the_password(run_dir, dsn, capsys):
+    """A malformed string was echoed back: 'missing "=" after "PW"'."""
+    with pytest.raises(export.ExportError) as err:
+        export.to_postgres(run_dir, dsn)
+    assert "cannot connect to PostgreSQL" in str(err.value)
+    assert export.main([str(run_dir), "--postgres", dsn]) == 1
+    shown = str(err.value) + capsys.readouterr().err
+    assert "S3cret" not in shown and '"PW"' not in shown

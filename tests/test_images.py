@@ -231,3 +231,19 @@ def test_thumbnails_of_pipes_are_grey_tiles_not_a_hang(tmp_path):
     worker.start()
     worker.join(20)
     assert done and done[0].size == (16, 16)  # a grey tile, at once
+
+
+def test_an_oversized_colour_profile_is_named_as_such():
+    """It was reported as "text metadata"."""
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    data = png_bytes(Image.new("RGB", (32, 32), "blue"))
+    profile = chunk(b"iCCP", b"profile\0\0" + zlib.compress(b"\0" * (PngImagePlugin.MAX_TEXT_CHUNK + 10)))
+    with pytest.raises(images.ImageError, match=r"^colour profile \(ICC\) larger than Pillow's safety limit"):
+        images.decode_image(data[:33] + profile + data[33:], 32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 import sys
 from datetime import datetime, timezone
@@ -142,7 +143,7 @@ def to_postgres(run_dir: str | Path, dsn: str) -> dict:
     try:
         con = psycopg.connect(dsn, connect_timeout=10)
     except psycopg.Error as exc:
-        raise ExportError(f"cannot connect to PostgreSQL ({str(exc).strip()}); check the connection "
+        raise ExportError(f"cannot connect to PostgreSQL ({redact(str(exc).strip(), dsn)}); check the connection "
                           "string, e.g. 'host=localhost port=5432 dbname=shop user=app'") from None
     where = f"PostgreSQL {con.info.dbname}@{con.info.host}"
     try:
@@ -170,6 +171,19 @@ def to_postgres(run_dir: str | Path, dsn: str) -> dict:
     finally:
         con.close()
     return {"products": len(products), "neighbors": len(neighbors)}
+
+
+def redact(text: str, dsn: str) -> str:
+    """``text`` without the password of ``dsn``, whatever shape the connection string has:
+    ``password=...`` (quoted, or words up to the next ``key=``) and ``scheme://user:password@``.
+    A malformed string's error echoes pieces of it (``missing "=" after "PW"``)."""
+    secrets = [re.sub(r"\\(.)", r"\1", m.group(1)) if m.group(1) else m.group(2) for m in
+               re.finditer(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+(?:\s+(?!\w+\s*=)\S+)*))", dsn)]
+    secrets += re.findall(r"://[^:/@\s]*:([^@\s]*)@", dsn)
+    words = {w for secret in secrets if secret for w in [secret, *secret.split()] if len(w) >= 2}
+    for word in sorted(words, key=len, reverse=True):
+        text = text.replace(word, "***")
+    return text
 
 
 def _copy(cur, table: str, frame: pd.DataFrame) -> None:

@@ -126,6 +126,31 @@ def _inside(root: Path, path: Path) -> bool:
         return False
 
 
+def _png_icc_too_large(data: bytes) -> bool:
+    """True when a PNG's colour profile (iCCP chunk) unpacks past Pillow's chunk limit: Pillow
+    reports it with the same message as oversized text."""
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"iCCP":
+            body = data[at + 8:at + 8 + length]
+            compressed = body[body.find(b"\0") + 2:]  # name, NUL, method byte
+            try:
+                unpacked = zlib.decompressobj().decompress(compressed, PngImagePlugin.MAX_TEXT_CHUNK + 1)
+            except zlib.error:
+                return False
+            return len(unpacked) > PngImagePlugin.MAX_TEXT_CHUNK
+        if kind == b"IDAT":
+            return False
+        at += 12 + length
+    return False
+
+
 def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS):
     """Decode ``data`` into a (size, size, 3) uint8 RGB array; return it and the upright (w, h).
 
@@ -202,7 +227,8 @@ def _open(data: bytes, max_pixels: int, draft=None, convert=None) -> tuple[Image
         if "truncated" in str(exc).lower():
             raise ImageError("truncated file: the image data ends early") from None
         if "MAX_TEXT_CHUNK" in str(exc) or "MAX_TEXT_MEMORY" in str(exc):
-            raise ImageError("text metadata larger than Pillow's safety limit (the picture itself may be "
+            what = "colour profile (ICC)" if _png_icc_too_large(data) else "text metadata"
+            raise ImageError(f"{what} larger than Pillow's safety limit (the picture itself may be "
                              "fine: re-save it without metadata)") from None
         raise ImageError(f"corrupt image data ({str(exc).strip()})") from None
     if im.width < 1 or im.height < 1:
