@@ -5,6 +5,11 @@ Only tensors and ordered dicts are admitted: any other global named in the pickl
 Both the legacy format (torch < 1.6: concatenated pickles followed by raw storages)
 and the zip format (torch >= 1.6: ``archive/data.pkl`` + ``archive/data/<key>``)
 are understood.
+
+Nothing in the file is trusted: every tensor's sizes, strides and offset must fit inside its
+storage's bytes (no view reaches other memory), a storage's length must fit in the file, and
+the state dict is a tree (shared or deeply nested containers, which cost exponential time and
+memory to walk, are refused).
 """
 from __future__ import annotations
 
@@ -44,12 +49,32 @@ class _Storage:
         self.key, self.dtype, self.numel = key, dtype, numel
 
 
+MAX_NODES = 1_000_000  # containers and tensors in one state dict
+MAX_DEPTH = 32
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UnsafeWeightsError(f"a tensor size, stride or offset of {value!r}: not a count")
+    return value
+
+
 class _TensorRef:
     def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        if not isinstance(storage, _Storage) or not isinstance(size, (tuple, list)) \
+                or not isinstance(stride, (tuple, list)) or len(size) != len(stride):
+            raise UnsafeWeightsError("a tensor without a storage, or with sizes and strides that do not pair")
+        self.storage, self.offset = storage, _count(offset)
+        self.size, self.stride = tuple(map(_count, size)), tuple(map(_count, stride))
 
     def to_numpy(self, data: dict[str, np.ndarray]) -> np.ndarray:
         flat = data[self.storage.key]
+        numel = int(np.prod(self.size, dtype=object)) if self.size else 1
+        # the last element the view touches (Python ints: no overflow) must be in the storage
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n)
+        if numel and (last >= len(flat) or numel > len(flat)):
+            raise UnsafeWeightsError(f"tensor of storage {self.storage.key!r} reaches element {last} "
+                                     f"of a storage of {len(flat)}: the file is corrupt or crafted")
         if not self.size:
             return flat[self.offset].copy()
         item = flat.dtype.itemsize
@@ -80,15 +105,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         kind, storage_type, key, _location, numel = pid[:5]
         if kind != "storage" or not isinstance(storage_type, _StorageType):
             raise UnsafeWeightsError(f"unexpected persistent id {pid!r}")
-        return _Storage(str(key), storage_type.dtype, int(numel))
+        return _Storage(str(key), storage_type.dtype, _count(numel))
 
 
-def _walk(obj, found: dict):
+def _walk(obj, found: dict, seen: set | None = None, depth: int = 0):
+    """Collect the storages of a state dict, refusing anything but a tree of bounded size."""
+    seen = set() if seen is None else seen
     if isinstance(obj, _TensorRef):
-        found[obj.storage.key] = obj.storage
+        found[obj.storage.key] = obj.storage  # a tensor may appear twice (tied weights)
     elif isinstance(obj, dict):
+        if id(obj) in seen or depth > MAX_DEPTH or len(seen) > MAX_NODES:
+            raise UnsafeWeightsError("the state dict shares or nests its containers past any real "
+                                     "weights file: refused (it would take exponential time to read)")
+        seen.add(id(obj))
         for value in obj.values():
-            _walk(value, found)
+            _walk(value, found, seen, depth + 1)
 
 
 def _materialise(obj, data):
@@ -127,6 +158,10 @@ def _load_legacy(path: Path):
                 raise pickle.UnpicklingError(f"{path}: truncated weights file")
             (numel,) = struct.unpack("<q", size)
             dtype = storages[key].dtype if key in storages else np.dtype(np.uint8)
+            left = path.stat().st_size - f.tell()
+            if numel < 0 or numel * dtype.itemsize > left:
+                raise pickle.UnpicklingError(f"{path}: storage {key!r} claims {numel} elements, "
+                                             f"more than the {left} bytes left: corrupt or crafted")
             raw = f.read(numel * dtype.itemsize)
             if len(raw) != numel * dtype.itemsize:
                 raise pickle.UnpicklingError(f"{path}: truncated weights file")
@@ -145,8 +180,16 @@ def _load_zip(path: Path):
             state = _RestrictedUnpickler(f).load()
         storages: dict = {}
         _walk(state, storages)
-        data = {
-            key: np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=s.dtype)
-            for key, s in storages.items()
-        }
+        data = {key: _zip_storage(archive, f"{prefix}data/{key}", s, path) for key, s in storages.items()}
     return _materialise(state, data)
+
+
+def _zip_storage(archive: zipfile.ZipFile, name: str, storage: _Storage, path: Path) -> np.ndarray:
+    """One storage's elements, after checking its size in the archive against the file's claim."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise pickle.UnpicklingError(f"{path}: storage {name} is missing") from None
+    if info.file_size % storage.dtype.itemsize or info.file_size > 64 * path.stat().st_size + (1 << 20):
+        raise pickle.UnpicklingError(f"{path}: storage {name} has {info.file_size} bytes: corrupt or crafted")
+    return np.frombuffer(archive.read(name), dtype=storage.dtype)
