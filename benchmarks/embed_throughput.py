@@ -181,11 +181,19 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+FAST_PATH_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    """The CPU, its fast-path flags (AVX-512, VNNI, AMX) and cores: every table states them."""
     import os
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    shown = " ".join(f for f in FAST_PATH_FLAGS if f in flags) or "none of AVX-512/VNNI/AMX"
+    return f"{cpu} ({shown}), {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:

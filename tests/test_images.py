@@ -247,3 +247,36 @@ def test_an_oversized_colour_profile_is_named_as_such():
     profile = chunk(b"iCCP", b"profile\0\0" + zlib.compress(b"\0" * (PngImagePlugin.MAX_TEXT_CHUNK + 10)))
     with pytest.raises(images.ImageError, match=r"^colour profile \(ICC\) larger than Pillow's safety limit"):
         images.decode_image(data[:33] + profile + data[33:], 32)
+
+
+def test_decoding_threads_share_one_pixel_budget(monkeypatch):
+    """Big pictures decoded in many threads wait for each other: the pixels held at once stay
+    within the budget (one picture over it is decoded alone), whatever the thread count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    budget = images.PixelBudget(3_000_000)
+    peak, held = [0], []
+    original = budget.hold
+
+    def watched(pixels):
+        class Watch:
+            def __enter__(self):
+                self.inner = original(pixels)
+                self.inner.__enter__()
+                held.append(pixels)
+                peak[0] = max(peak[0], sum(held))
+
+            def __exit__(self, *exc):
+                held.remove(pixels)
+                return self.inner.__exit__(*exc)
+        return Watch()
+
+    monkeypatch.setattr(budget, "hold", watched)
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    big = png_bytes(photo("astronaut").resize((1400, 1000)))        # 1.4 Mpx
+    huge = png_bytes(photo("coffee").resize((2400, 1600)))          # 3.84 Mpx: more than the budget
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda data: images.decode_image(data, 32), [big] * 12 + [huge] * 2))
+    assert all(pixels.shape == (32, 32, 3) for pixels, _ in results)
+    assert peak[0] == 3_840_000  # the huge one alone; the others two at a time (2.8 Mpx)
+    assert budget.used == 0

@@ -10,8 +10,10 @@ import io
 import math
 import os
 import stat
+import threading
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,36 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 # picture of MAX_PIXELS is ~0.7 GB, so no usable image is this large).
 MAX_FILE_BYTES = 1 << 30
 CROP_FRACTION = 0.875  # centre crop keeps 87.5% of the shorter side, as in ImageNet eval
+
+
+class PixelBudget:
+    """Pixels being decoded at once in this process, shared by every decoding thread: a
+    picture waits until its pixels fit, so peak memory does not grow with the number of
+    threads (an 88-Mpx PNG costs ~0.7 GB while it is decoded and shrunk). A picture bigger
+    than the whole budget is decoded alone. ``limit`` 0: no budget."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        if not self.limit:
+            yield
+            return
+        with self._free:
+            self._free.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self.used -= pixels
+                self._free.notify_all()
+
+
+# LOOKALIKE_DECODE_MPX: megapixels decoded at once by all threads together (0: no limit)
+DECODE_BUDGET = PixelBudget(int(float(os.environ.get("LOOKALIKE_DECODE_MPX", "100")) * 1e6))
 
 
 class ImageError(ValueError):
@@ -161,8 +193,10 @@ def decode_image(data: bytes, size: int, resize: str = "crop", max_pixels: int =
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize={resize!r}; choose one of {RESIZE_MODES}")
-    rgb, shown = _open(data, max_pixels, lambda im: _draft(im, size, resize), to_rgb)
-    return np.asarray(fit_square(rgb, size, resize)), shown
+    # shrunk inside _open, while the decoded pixels are held in the budget
+    small, shown = _open(data, max_pixels, lambda im: _draft(im, size, resize),
+                         lambda im: fit_square(to_rgb(im), size, resize))
+    return np.asarray(small), shown
 
 
 def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -210,13 +244,16 @@ def _open(data: bytes, max_pixels: int, draft=None, convert=None) -> tuple[Image
                 raise ImageError(_too_large(width, height, max_pixels))
             if draft is not None:
                 draft(im)
-            im.load()
-            turned = im.size
-            im = _upright(im)
-            if im.size != turned:  # rotated by 90 degrees: report the size as displayed
-                width, height = height, width
-            if convert is not None:
-                im = convert(im)
+            with DECODE_BUDGET.hold(im.width * im.height):  # the size as it will be decoded
+                im.load()
+                if im.width < 1 or im.height < 1:
+                    raise ImageError("image has no pixels")
+                turned = im.size
+                im = _upright(im)
+                if im.size != turned:  # rotated by 90 degrees: report the size as displayed
+                    width, height = height, width
+                if convert is not None:
+                    im = convert(im)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -231,8 +268,6 @@ def _open(data: bytes, max_pixels: int, draft=None, convert=None) -> tuple[Image
             raise ImageError(f"{what} larger than Pillow's safety limit (the picture itself may be "
                              "fine: re-save it without metadata)") from None
         raise ImageError(f"corrupt image data ({str(exc).strip()})") from None
-    if im.width < 1 or im.height < 1:
-        raise ImageError("image has no pixels")
     return im, (width, height)
 
 
