@@ -81,9 +81,34 @@ class PixelBudget:
         try:
             yield
         finally:
+            if pixels >= TRIM_PIXELS:
+                _return_freed_memory()
             with self._free:
                 self.used -= pixels
                 self._free.notify_all()
+
+
+TRIM_PIXELS = 16_000_000  # after a picture this big, freed memory goes back to the system
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed blocks in per-thread arenas: without this, each decoding thread
+    keeps the peak of its own biggest picture and the budget would bound nothing."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # not glibc (musl, macOS): nothing to do
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 # LOOKALIKE_DECODE_MPX: megapixels decoded at once by all threads together (0: no limit)
