@@ -256,3 +256,16 @@ def test_no_run_file_name_is_spelled_outside_runfolder():
     for path in run.NOTEBOOK_DIR.glob("*.ipynb"):
         code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
         assert not literals(code) & names, path.name
+
+
+def test_a_commit_replayed_after_its_renames_keeps_the_new_files(tmp_path):
+    """Killed after moving its files but before removing the staging folder: the replay
+    must not delete the record it moved."""
+    staging = runfolder.Staging(tmp_path, "index")
+    runfolder.write_table(staging.path(runfolder.SWEEP), pd.DataFrame({"a": [1]}))
+    staging.commit({"backend": "exact"})
+    left = tmp_path / runfolder.STAGING / "index"
+    left.mkdir(parents=True)
+    runfolder.write_json(left / "COMMIT", {"move": [runfolder.SWEEP, runfolder.INDEX_CHOICE], "remove": []})
+    assert runfolder.record(tmp_path, "index") == {"backend": "exact"}
+    assert (tmp_path / runfolder.SWEEP).exists() and not (tmp_path / runfolder.STAGING).exists()

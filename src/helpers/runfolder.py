@@ -172,15 +172,13 @@ class Staging:
         write_json(self.folder / "COMMIT", {"move": staged + [RECORDS[self.step]], "remove": list(remove)})
         _finish(self.folder, self.run_dir)
 
-    def abort(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 def _finish(folder: Path, run_dir: Path) -> None:
     """Roll a committed staging folder forward (idempotent: a second caller finds less to do)."""
     plan = read_json(folder / "COMMIT")
     record = plan["move"][-1]
-    (run_dir / record).unlink(missing_ok=True)  # the old record never vouches for a mixed set
+    if (folder / record).exists():  # not yet moved: the old record must not vouch for a mixed set
+        (run_dir / record).unlink(missing_ok=True)
     for name in plan["remove"]:
         target = run_dir / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
