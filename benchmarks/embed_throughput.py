@@ -129,7 +129,7 @@ def throughput(n_images: int, model_handle: str) -> dict:
         for runtime, precision, outline in (("tf", "float32", True), ("tflite", "float32", True),
                                             ("tflite", "int8", True), ("tflite", "float32", False)):
             options = {} if outline else {"hog_weight": 0.0}
-            meta = embed_folder(sub, Path(tmp) / f"run_{runtime}_{precision}_{outline}", model_handle=model_handle,
+            meta = embed_folder(sub, Path(tmp) / f"run_{runtime}_{precision}_{outline}", model_handle=model_handle, links="all",
                                 runtime=runtime, precision=precision, batch_size=32, progress=False, **options)
             name = (runtime if precision == "float32" else precision) + ("" if outline else "_no_outline")
             results[f"b_pipeline_{name}_batch32"] = meta["images_per_second"]
@@ -174,7 +174,7 @@ with tempfile.TemporaryDirectory() as tmp:
     sub = Path(tmp) / "images"; sub.mkdir()
     for f in sorted(folder.glob("*.jpg"))[:{n_images}]:
         (sub / f.name).symlink_to(f)
-    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, runtime="tflite", progress=False)
+    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, runtime="tflite", links="all", progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -77,7 +77,7 @@ def pipeline_cost(n: int, rounds: int = 3) -> dict:
             (images / f.name).symlink_to(f)
         for i in range(rounds):
             for name, options in (("default", {}), ("hog_weight=0", {"hog_weight": 0.0})):
-                meta = embed.embed_folder(images, Path(tmp) / f"run_{name}_{i}", progress=False, **options)
+                meta = embed.embed_folder(images, Path(tmp) / f"run_{name}_{i}", links="all", progress=False, **options)
                 rates[name].append(meta["images_per_second"])
     default, off = (float(np.median(rates[name])) for name in ("default", "hog_weight=0"))
     return {"part": "01 pipeline", "images": n, "rounds": rounds, "images/s default": round(default, 1),

@@ -113,7 +113,7 @@ def near_duplicates(catalog: str, work: Path, scene_backgrounds: bool = False, o
     image_dir, n_sources = (ROOT / "data" / "sample", 300) if catalog == "sample" else (fluent_catalog(), 300)
     base = work / catalog
     # the catalog run sources are picked from (without the outline: the same sources as before it)
-    embed.embed_folder(image_dir, base, progress=False, hog_weight=0.0)
+    embed.embed_folder(image_dir, base, links="all", progress=False, hog_weight=0.0)
     # harder background swaps: the product pasted onto a zoomed-in picture of other products
     backgrounds = image_dir if scene_backgrounds else None
     rows, reference_speed = [], None

@@ -25,7 +25,7 @@ from helpers.neighbors import write_neighbors
 
 def day(image_dir: Path, run_dir: Path, refresh: bool) -> dict:
     start = time.perf_counter()
-    embedded = embed_folder(image_dir, run_dir, progress=False)
+    embedded = embed_folder(image_dir, run_dir, links="all", progress=False)  # the folders link to the images
     middle = time.perf_counter()
     found = write_neighbors(run_dir, k=20, backend="exact", level="image", refresh=refresh)
     end = time.perf_counter()

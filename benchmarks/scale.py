@@ -256,7 +256,7 @@ def ray_throughput(n_images: int = 1500, repeats: int = 3) -> dict:
             (folder / p).symlink_to(root / p)
         for engine in ("local", "ray"):
             start = time.perf_counter()
-            embed_folder(folder, Path(tmp) / f"run_{engine}", engine=engine,
+            embed_folder(folder, Path(tmp) / f"run_{engine}", engine=engine, links="all",
                          workers=2 if engine == "ray" else None, progress=False)
             whole[engine] = round(time.perf_counter() - start, 1)
     rate = {engine: float(np.median(r)) for engine, r in rates.items()}
