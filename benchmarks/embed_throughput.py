@@ -10,7 +10,9 @@ shared machine:
       with precision="int8", and without the outline (hog_weight=0);
   (c) the model alone on pre-decoded uint8 tensors, for each runtime (and int8) and a few batch sizes.
 (b) and (c) are steady-state rates: the one-off TFLite conversion counts as model loading.
-Also the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh process.
+Also the bound (d) decode + resize on all cores with 01's decoder, then 1 / (1/d + 1/m) with m
+the best model-only rate: what the two stages sharing the cores allow, and (b) as a fraction
+of it. And the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh process.
 Images: photos from scikit-image re-framed and re-sized to typical product-photo sizes
 (600-1600 px), saved as JPEG q85 under benchmarks/cache/ (made once).
 """
@@ -139,6 +141,7 @@ def throughput(n_images: int, model_handle: str) -> dict:
         for f in files[:200]:
             images.decode_image(f.read_bytes(), size)
         results["decode_ms_per_image_one_thread"] = 1000 * (time.perf_counter() - start) / 200
+        results["d_decode_all_cores"] = decode_rate_all_cores(files, size)
         for batch in (1, 8, 32, 64):
             results[f"c_model_tf_batch{batch}"] = model_alone(tf_model, pixels, batch)
             results[f"c_model_tflite_batch{batch}"] = model_alone(lite_model, pixels, batch)
@@ -155,10 +158,30 @@ def throughput(n_images: int, model_handle: str) -> dict:
     results["ratio_b_int8_over_b_float32"] = results["b_pipeline_int8_batch32"] / float_b
     results["ratio_b_over_b_no_outline"] = results["b_pipeline_tflite_batch32"] / results["b_pipeline_tflite_no_outline_batch32"]
     results["ratio_c_int8_over_c_float32"] = int8_c / float_c
+    for name, model_rate, pipeline in (("float32", float_c, float_b), ("int8", int8_c, results["b_pipeline_int8_batch32"])):
+        bound = 1 / (1 / results["d_decode_all_cores"] + 1 / model_rate)
+        results[f"bound_{name}"], results[f"b_over_bound_{name}"] = bound, pipeline / bound
     a, b = results.pop("vectors_tflite"), results.pop("vectors_int8")
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     results["int8_cosine_to_float32_mean"], results["int8_cosine_to_float32_min"] = float(cosine.mean()), float(cosine.min())
     return results
+
+
+def decode_rate_all_cores(files: list[Path], size: int) -> float:
+    """Images per second read, hashed, decoded and resized by 01's decoder on every core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers.decode import read_and_decode
+
+    def one(f):
+        return read_and_decode(f.parent, f.name, size, "crop", 10 ** 9)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(one, files[:64]))  # warm the file cache
+        start = time.perf_counter()
+        list(pool.map(one, files))
+    return len(files) / (time.perf_counter() - start)
 
 
 def peak_rss(n_images: int, model_handle: str) -> float:

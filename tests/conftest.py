@@ -25,6 +25,7 @@ SYSTEM_PARTS = {
                       lambda: Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists()),
     "postgresql": ("postgresql", lambda: bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))),
     "chromium": ("chromium", lambda: bool(shutil.which("chromium"))),
+    "chromium-driver": ("chromium-driver", lambda: bool(shutil.which("chromedriver"))),
 }
 
 

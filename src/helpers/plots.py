@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .images import thumbnail
+from .vectors import first_two_components
 
 
 def plain_text(plot):
@@ -179,13 +180,7 @@ def catalog_map(embeddings, thumbnails, canvas_size: int = 2000, thumb_size: int
     rows = np.arange(n)
     if n > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
-    x = np.asarray(embeddings[rows], dtype=np.float32)
-    x = x - x.mean(axis=0)
-    if len(rows) >= 2:
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        xy = x @ vt[:2].T
-    else:
-        xy = np.zeros((len(rows), 2))
+    xy = first_two_components(embeddings[rows])
     span = np.maximum(xy.max(axis=0) - xy.min(axis=0), 1e-9) if len(rows) else np.ones(2)
     pos = ((xy - xy.min(axis=0)) / span * (canvas_size - thumb_size)).astype(int) if len(rows) else xy
     canvas = Image.new("RGB", (canvas_size, canvas_size), "white")

@@ -92,6 +92,23 @@ def _table(rows: dict) -> str:
     return f"<table>{cells}</table>"
 
 
+def _pictures(run_dir: Path, n_grids: int = 3) -> str:
+    """The front page leads with pictures: a few of 04's grids, then the catalog map, inline."""
+    import base64
+
+    def inline(path: Path, kind: str, alt: str) -> str:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">'
+
+    grids = sorted((run_dir / runfolder.GRIDS).glob("*.png"))[:n_grids]
+    parts = [inline(g, "png", "neighbour grid") for g in grids]
+    if grids:
+        parts.insert(0, "<h2>Neighbours, as 04 drew them</h2>")
+    if (run_dir / runfolder.CATALOG_MAP).exists():
+        parts += ["<h2>Catalog map</h2>", inline(run_dir / runfolder.CATALOG_MAP, "jpeg", "catalog map")]
+    return "".join(parts)
+
+
 def write_report(run_dir: str | Path, parameters: dict, notebooks: list[dict]) -> Path:
     """``run_dir/report.html``: parameters, key figures and links to each notebook's HTML.
 
@@ -105,20 +122,17 @@ def write_report(run_dir: str | Path, parameters: dict, notebooks: list[dict]) -
         link = (f'<a href="{html.escape(Path(nb["html"]).relative_to(run_dir).as_posix())}">'
                 f'{html.escape(nb["name"])}</a>' if nb.get("html") else html.escape(nb["name"]))
         links.append(f"<tr><td>{link}</td><td>{status}</td></tr>")
-    map_img = run_dir / runfolder.CATALOG_MAP
-    picture = ""
-    if map_img.exists():
-        import base64
-        data = base64.b64encode(map_img.read_bytes()).decode("ascii")
-        picture = f'<h2>Catalog map</h2><img alt="catalog map" src="data:image/jpeg;base64,{data}">'
+    explorer = (f'<p><a href="{runfolder.EXPLORER}"><b>Open the explorer</b></a>: search products, follow '
+                'their neighbours, pan the map, review near-duplicates (one file, works offline).</p>'
+                if (run_dir / runfolder.EXPLORER).exists() else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lookalike run: {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>lookalike run: {html.escape(run_dir.name)}</h1>
 <p class="sub">{html.escape(str(run_dir))} · {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>
+{explorer}{_pictures(run_dir)}
 <h2>Key figures</h2>{_table(key_figures(run_dir))}
 <h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th></tr>{''.join(links)}</table>
 <h2>Parameters</h2>{_table(parameters)}
-{picture}
 </body></html>"""
     target = run_dir / runfolder.REPORT
     with runfolder.atomic_path(target) as tmp:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from . import console, report, runfolder
+from . import console, explorer, report, runfolder
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = ["01_embed.ipynb", "02_index_sweep.ipynb", "03_neighbors.ipynb", "04_visual_grids.ipynb",
@@ -109,6 +109,8 @@ def run(config: dict, base: Path | None = None, notebooks: list[str] | None = No
                 if not done[-1]["ok"]:
                     report.write_report(run_dir, config, done)
                     raise RunError(f"{done[-1]['status']}\n  partial notebook: {done[-1]['html']}\n  log: {log}")
+            if runfolder.record(run_dir, "embed"):
+                explorer.write_explorer(run_dir)
         report.write_report(run_dir, config, done)
     return run_dir
 

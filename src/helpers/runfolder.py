@@ -62,6 +62,7 @@ CATALOG = "image_data.json"                     # a catalog this package writes 
 # the runner
 NOTEBOOKS = "notebooks"
 REPORT = "report.html"
+EXPLORER = "explorer.html"                      # the page to browse the run (helpers.explorer)
 LOG = "run.log"                                 # library and kernel chatter, not the terminal
 SWEEP_SUMMARY = "sweep_summary.csv"
 SWEEP_PAGE = "sweep_summary.html"
@@ -72,7 +73,7 @@ STAGING = ".staging"
 OWN_ENTRIES = frozenset({EMBEDDINGS, ITEMS, SKIPPED, EMBED_META, WHITENING, PARTIAL, SWEEP, INDEX_CHOICE,
                          NEAREST_NEIGHBORS, NEIGHBORS, NEAR_DUPLICATES, CANDIDATES, CANDIDATE_ITEMS,
                          NEIGHBORS_META, SQLITE, ELASTICSEARCH, GRIDS, THUMBS, CATALOG_MAP, METRICS,
-                         NEAR_DUPLICATE_BENCHMARK, NOTEBOOKS, REPORT, LOG, SWEEP_SUMMARY, SWEEP_PAGE,
+                         NEAR_DUPLICATE_BENCHMARK, NOTEBOOKS, REPORT, EXPLORER, LOG, SWEEP_SUMMARY, SWEEP_PAGE,
                          LOCK, STAGING})
 STORE_FILES = (EMBEDDINGS, ITEMS, SKIPPED, EMBED_META)  # what a sweep copies to share a store
 RECORDS = {"embed": EMBED_META, "index": INDEX_CHOICE, "neighbors": NEIGHBORS_META, "evaluate": METRICS}
