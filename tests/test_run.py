@@ -18,7 +18,7 @@ def test_cli_config_overrides_and_outputs(tiny_run):
     assert len(records) == 8 * 3  # the -p override (k=3) won over the file (k=5)
     for name in ("embeddings.npy", "items.parquet", "skipped.csv", "embed_meta.json", "sweep.csv",
                  "index_choice.json", "neighbors.parquet", "near_duplicates.csv", "neighbors_meta.json",
-                 "catalog_map.jpg", "report.html"):
+                 "catalog_map.jpg", "report.html", "explorer.html"):
         assert (run_dir / name).stat().st_size > 0, name
     store.load_store(run_dir)
     pd.read_csv(run_dir / "sweep.csv"), pd.read_parquet(run_dir / "neighbors.parquet")
@@ -29,6 +29,7 @@ def test_cli_config_overrides_and_outputs(tiny_run):
         assert "<html" in html and "data:image/png;base64" in html, nb  # figures are inline
     page = (run_dir / "report.html").read_text()
     assert "images embedded" in page and "01_embed.html" in page and "04_visual_grids.html" in page
+    assert 'href="explorer.html"' in page and page.index("Neighbours, as 04 drew them") < page.index("Key figures")
 
 
 def test_evaluation_notebook_measures_both_benchmarks(tiny_run):

@@ -99,3 +99,19 @@ def write_explorer(run_dir: str | Path, max_products: int = MAX_PRODUCTS) -> Pat
     with runfolder.atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.explorer RUN_DIR``: (re)write a run's explorer.html."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--max-products", type=int, default=MAX_PRODUCTS)
+    args = parser.parse_args(argv)
+    print(f"explorer: {write_explorer(args.run_dir, args.max_products)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
