@@ -139,3 +139,19 @@ def test_review_marks_download_as_a_labels_csv_that_05_reads(hostile_explorer, b
     result = evaluate.run_labels(hostile_explorer.parent, csv, k=3)  # a person's review becomes a measurement
     assert int(result["summary"].loc["all", "queries"]) == len(marks)
     browser.save_screenshot(str(hostile_explorer.with_name("explorer_review.png")))
+
+
+def test_a_sweeps_page_shows_each_configurations_neighbours_side_by_side(hostile_explorer, browser, tmp_path):
+    first = tmp_path / "k=7"
+    shutil.copytree(hostile_explorer.parent, first)
+    second = tmp_path / "k=2"
+    shutil.copytree(first, second)
+    neighbors.write_neighbors(second, k=2)
+    page = explorer.write_sweep_explorer(tmp_path, [first, second])
+    browser.get(page.as_uri() + "#" + urllib.parse.quote(HOSTILE[2]))
+    assert wait(lambda: shown_id(browser) == HOSTILE[2])
+    headings = [h.text for h in browser.find_elements("css selector", "#configs h3")]
+    assert headings == ["Neighbours in k=7", "Neighbours in k=2"]
+    rows = browser.find_elements("css selector", "#configs .config")
+    assert [len(r.find_elements("css selector", ".card")) for r in rows] == [7, 2]
+    browser.save_screenshot(str(tmp_path / "explorer_sweep.png"))

@@ -115,6 +115,7 @@ def test_sweep_2x2_embeds_once_per_model(tiny_catalog, tmp_path, capsys):
         created[store.load_meta(r)["model_handle"]].add(store.load_meta(r)["created"])
     assert all(len(v) == 1 for v in created.values())
     assert "sweep_summary" in page.read_text() or "<table" in page.read_text()
+    assert 'href="explorer.html"' in page.read_text() and (tmp_path / "sweep" / runfolder.EXPLORER).exists()
 
 
 def test_list_parameters_are_not_sweeps():

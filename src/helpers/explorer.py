@@ -52,6 +52,20 @@ def explorer_data(run_dir: str | Path, max_products: int = MAX_PRODUCTS) -> dict
             "note": "; ".join(n for n in notes if n)}
 
 
+def sweep_data(runs: list[Path], max_products: int = MAX_PRODUCTS) -> dict:
+    """The first run's page data, plus every run's neighbour lists of the same products: a
+    product's neighbours under each configuration side by side."""
+    data = explorer_data(runs[0], max_products)
+    index = {p["id"]: i for i, p in enumerate(data["products"])}
+    data["configs"] = []
+    for run_dir in runs:
+        lists = [{"neighbors": []} for _ in data["products"]]
+        note = _add_neighbors(run_dir, lists, index)
+        data["configs"].append({"name": run_dir.name, "note": note, "neighbors": [p["neighbors"] for p in lists]})
+    data["run"] = f"sweep {runs[0].parent.name}"
+    return data
+
+
 def _add_neighbors(run_dir: Path, products: list[dict], index: dict) -> str:
     """Each product's neighbour list (index, similarity), from 03; a note when there is none."""
     if not runfolder.record(run_dir, "neighbors"):
@@ -93,9 +107,16 @@ def script_json(data) -> str:
 
 def write_explorer(run_dir: str | Path, max_products: int = MAX_PRODUCTS) -> Path:
     """Write ``run_dir/explorer.html`` and return its path."""
-    run_dir = Path(run_dir)
-    page = TEMPLATE.read_text(encoding="utf-8").replace("/*DATA*/null", script_json(explorer_data(run_dir, max_products)))
-    target = run_dir / runfolder.EXPLORER
+    return _write_page(Path(run_dir) / runfolder.EXPLORER, explorer_data(Path(run_dir), max_products))
+
+
+def write_sweep_explorer(root: str | Path, runs: list[Path], max_products: int = MAX_PRODUCTS) -> Path:
+    """Write ``root/explorer.html`` for a sweep: each product's neighbours in every run."""
+    return _write_page(Path(root) / runfolder.EXPLORER, sweep_data([Path(r) for r in runs], max_products))
+
+
+def _write_page(target: Path, data: dict) -> Path:
+    page = TEMPLATE.read_text(encoding="utf-8").replace("/*DATA*/null", script_json(data))
     with runfolder.atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return target

@@ -253,6 +253,10 @@ def run_sweep(config: dict, base: Path | None = None, notebooks: list[str] | Non
         rows.append({"run": run_dir.name, **swept, "status": status, **report.key_figures(run_dir)})
     summary = pd.DataFrame(rows)
     runfolder.write_table(root / runfolder.SWEEP_SUMMARY, summary)
+    finished = [root / r for r, status in zip(summary["run"], summary["status"])
+                if status == "ok" and runfolder.record(root / r, "embed")]
+    if finished:  # one product's neighbours under each configuration, side by side
+        explorer.write_sweep_explorer(root, finished)
     page = write_sweep_page(root, summary)
     failed = summary[summary["status"] != "ok"]
     if len(failed):  # make, CI and schedulers must see it
@@ -297,8 +301,11 @@ def write_sweep_page(root: Path, summary) -> Path:
     links["run"] = [f'<a href="{html.escape(quote(r))}/{runfolder.REPORT}">{html.escape(r)}</a>'
                     for r in summary["run"]]
     links = links[["#"] + [c for c in links.columns if c != "#"]]
+    compare = (f'<p><a href="{runfolder.EXPLORER}"><b>Compare the runs in the explorer</b></a>: one '
+               "product's neighbours under each configuration, side by side.</p>"
+               if (root / runfolder.EXPLORER).exists() else "")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep: {html.escape(root.name)}</title>"
-            f"<style>{report.STYLE}</style></head><body><h1>Sweep: {html.escape(root.name)}</h1>"
+            f"<style>{report.STYLE}</style></head><body><h1>Sweep: {html.escape(root.name)}</h1>{compare}"
             f"{links.to_html(index=False, escape=False)}{picture}</body></html>")
     target = root / runfolder.SWEEP_PAGE
     with runfolder.atomic_path(target) as tmp:
