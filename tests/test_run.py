@@ -169,3 +169,15 @@ def test_sweep_folders_of_same_named_paths_do_not_collide():
     names = run.run_folder_names(combos)
     assert len(set(names)) == 2 and all(n.startswith("image_dir=images-") for n in names)
     assert run.run_folder_names(run.expand_sweep({"run_dir": "x", "k": [2, 3]})) == ["k=2", "k=3"]
+
+
+def test_a_sweep_that_reuses_a_whitened_store_carries_its_whitening(tiny_catalog, tmp_path):
+    """The second run shares the first's embeddings: without whitening.npz its 03 failed."""
+    config = {"run_dir": str(tmp_path / "sweep"), "image_dir": str(tiny_catalog),
+              "catalog": str(tiny_catalog / "image_data.json"), "postprocess": "whiten", "k": [2, 3]}
+    run.run_sweep(config, notebooks=FAST)
+    summary = pd.read_csv(tmp_path / "sweep" / runfolder.SWEEP_SUMMARY)
+    assert (summary["status"] == "ok").all()
+    second = tmp_path / "sweep" / "k=3"
+    assert (second / runfolder.WHITENING).exists()
+    assert len(json.loads((second / runfolder.NEAREST_NEIGHBORS).read_text())) == 8 * 3
