@@ -31,9 +31,9 @@ def sources(tmp_path_factory):
 
 def test_near_duplicate_generator_labels(sources, tmp_path):
     paths = images.list_images(sources)
-    labels = edits.make_near_duplicates(sources, paths[:3], tmp_path, variants_per_source=7,
+    labels = edits.make_near_duplicates(sources, paths[:3], tmp_path, variants_per_source=len(edits.TRANSFORMS),
                                            distractors=paths[3:], seed=1)
-    assert len(labels) == 3 * 8 + 1
+    assert len(labels) == 3 * (len(edits.TRANSFORMS) + 1) + 1
     # every transform used equally often, every image its own product, groups = sources
     counts = labels["transform"].value_counts()
     assert all(counts[t] == 3 for t in edits.TRANSFORMS) and counts["source"] == 3
@@ -71,7 +71,7 @@ def test_background_swap_keeps_the_object_and_replaces_the_background(sources, t
     mask = edits.foreground_mask(white)  # else: what differs from the border colour
     assert mask[white.height // 2, white.width // 2] and not mask[10, 10]
     assert 0.6 < mask.mean() < 0.95
-    labels = edits.make_near_duplicates(sources, ["disc.png"], tmp_path, variants_per_source=7, seed=2)
+    labels = edits.make_near_duplicates(sources, ["disc.png"], tmp_path, variants_per_source=len(edits.TRANSFORMS), seed=2)
     swapped = np.asarray(Image.open(tmp_path / labels.loc[labels["transform"] == "background", "path"].iloc[0]))
     corners = np.concatenate([swapped[:8, :8], swapped[-8:, -8:]]).reshape(-1, 3)
     assert np.abs(corners.astype(int) - 255).max() > 30  # the white background is gone
@@ -89,7 +89,7 @@ def test_sources_are_read_upright_and_bad_background_photos_are_passed_over(tmp_
     photo("coffee").save(backgrounds / "good.jpg")
     (backgrounds / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     labels = edits.make_near_duplicates(src, ["sideways.jpg", "big.png"], tmp_path / "out",
-                                           variants_per_source=7, backgrounds=backgrounds, seed=3)
+                                           variants_per_source=len(edits.TRANSFORMS), backgrounds=backgrounds, seed=3)
     by_name = labels.set_index(["source", "transform"])["path"]
     copy = Image.open(tmp_path / "out" / by_name["sideways.jpg", "source"])
     assert copy.size == (300, 200)  # as the photo is viewed, not as it is stored

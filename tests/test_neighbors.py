@@ -6,7 +6,8 @@ import pytest
 
 from helpers import runfolder
 from helpers.index import AnnoyIndex
-from helpers.neighbors import near_duplicates, neighbor_table, truncate4, write_nearest_neighbors_json
+from helpers.duplicates import Rule, near_duplicates
+from helpers.neighbors import neighbor_table, truncate4, write_nearest_neighbors_json
 from helpers.options import EmbeddingOptions
 
 
@@ -65,7 +66,7 @@ def test_min_similarity_and_duplicates_file():
     v[1] = v[0]  # an exact duplicate
     table = neighbor_table(v, items, k=5, min_similarity=0.5)
     assert (table["similarity"] >= 0.5).all()
-    dups = near_duplicates(neighbor_table(v, items, k=5), 0.99)
+    dups = near_duplicates(neighbor_table(v, items, k=5), items, Rule(accept=0.99, source="given"), None)
     assert dups[["product_a", "product_b"]].values.tolist() == [["P000", "P001"]]
 
 

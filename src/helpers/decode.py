@@ -95,3 +95,26 @@ def hash_files(root: Path, paths: list[str], workers: int) -> list[str | None]:
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(digest, paths))
+
+
+def query_pictures(pictures, size: int, options) -> tuple[list[str], list[np.ndarray]]:
+    """(labels, square uint8 pictures) of query photos: paths are decoded exactly like the
+    catalog's files (an unreadable one is skipped with a warning), arrays are fitted alike."""
+    import warnings
+
+    from PIL import Image
+
+    labels, batch = [], []
+    for i, p in enumerate(pictures):
+        if isinstance(p, (str, Path)):
+            try:
+                batch.append(images.decode_image(images.read_file(p), size, options.resize, options.max_pixels)[0])
+            except images.ImageError as exc:
+                warnings.warn(f"{p}: {exc}; skipped", stacklevel=3)
+                continue
+            labels.append(str(p))
+        else:
+            labels.append(f"query {i}")
+            picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
+            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), size, options.resize)))
+    return labels, batch

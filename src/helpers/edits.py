@@ -18,7 +18,7 @@ from PIL import Image, ImageEnhance
 
 from . import images, runfolder, synthetic
 
-TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "background")
+TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "aspect", "background")
 SOURCE_MAX_SIDE = 1024  # benchmark copies of bigger images are shrunk: the model sees 224-260 px
 
 
@@ -49,7 +49,8 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     Each source image is copied (transform "source") and gets ``variants_per_source``
     edited copies, transforms assigned in turn so each is used equally often:
     crop (70-90% of the area), flip, downscale (to 25-50%) + JPEG, color (jitter),
-    jpeg (quality 25-40), rotate (3-15 degrees), background (the object composited on a
+    jpeg (quality 25-40), rotate (3-20 degrees),
+    aspect (one side stretched 1.25-1.6x), background (the object composited on a
     new background: the source's alpha where it has one, else a mask of the pixels that
     differ from the colour along its border). Backgrounds are zoomed-in regions of the image
     files in ``backgrounds`` when given, else generated (gradients, stripes, textures, clutter).
@@ -78,7 +79,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
             continue
         source.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.LANCZOS)
         name = f"{group}_source.png"
-        images.to_rgb(source).save(out / "images" / name)
+        images.to_rgb(source).save(out / "images" / name, compress_level=1)
         rows.append((f"images/{name}", group, "source", rel))
         for _ in range(variants_per_source):
             transform = transforms[turn % len(transforms)]
@@ -89,7 +90,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
                 quality = int(rng.integers(25, 41)) if transform == "jpeg" else int(rng.integers(70, 86))
                 picture.save(out / "images" / name, quality=quality)
             else:
-                picture.save(out / "images" / name)
+                picture.save(out / "images" / name, compress_level=1)  # lossless either way; fast
             rows.append((f"images/{name}", group, transform, rel))
     if not rows:
         raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
@@ -111,7 +112,7 @@ def _copy_distractors(image_dir: Path, distractors, folder: Path) -> list[tuple]
             continue
         picture.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.LANCZOS)
         name = f"D{d:05d}_distractor.png"
-        picture.save(folder / name)
+        picture.save(folder / name, compress_level=1)
         rows.append((f"{folder.name}/{name}", f"D{d:05d}", "distractor", rel))
     return rows
 
@@ -180,11 +181,15 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
     if transform == "jpeg":
         return flat, "jpg"
     if transform == "rotate":
-        angle = float(rng.uniform(3, 15) * rng.choice([-1, 1]))
+        angle = float(rng.uniform(3, 20) * rng.choice([-1, 1]))
         if _has_alpha(source):
             return images.to_rgb(source.rotate(angle, Image.BICUBIC)), "png"
         fill = tuple(int(c) for c in _border_color(np.asarray(flat)))
         return flat.rotate(angle, Image.BICUBIC, fillcolor=fill), "png"
+    if transform == "aspect":  # stretched one way: e.g. a listing that squashed a photo to a square
+        stretch = rng.uniform(1.25, 1.6)
+        size = (round(w * stretch), h) if rng.random() < 0.5 else (w, round(h * stretch))
+        return flat.resize(size, Image.BICUBIC), "jpg"
     # background: the object, re-framed (60-100% size, anywhere), on a new background
     mask = Image.fromarray(foreground_mask(source).astype(np.uint8) * 255, "L")
     canvas = None

@@ -6,7 +6,9 @@
 
 Schema (SQLite and PostgreSQL): ``products(product_id, image_path, n_images)``,
 ``neighbors(master_pi, rank, similar_pi, similarity)`` keyed by (master_pi, rank) so
-"similar products of X" is one indexed query, and ``run_meta(key, value)``.
+"similar products of X" is one indexed query, ``duplicate_groups(product_id, group_id, keeper,
+keeper_product_id, group_size, min_similarity, max_similarity)`` (03's near-duplicate groups)
+and ``run_meta(key, value)``. Elasticsearch documents carry ``duplicate_group``.
 Every load is one transaction that replaces the previous run's rows (products gone from the
 catalog disappear): readers see the old rows or the new ones, and a failed load leaves the
 previous data intact. A database
@@ -33,8 +35,12 @@ SCHEMA = {
     "neighbors": [("master_pi", "TEXT"), ("rank", "INTEGER"), ("similar_pi", "TEXT"),
                   ("similarity", "DOUBLE PRECISION")],
     "run_meta": [("key", "TEXT"), ("value", "TEXT")],
+    # 03's near-duplicate groups: one row per product in a group
+    "duplicate_groups": [("product_id", "TEXT"), ("group_id", "TEXT"), ("keeper", "INTEGER"),
+                         ("keeper_product_id", "TEXT"), ("group_size", "INTEGER"),
+                         ("min_similarity", "DOUBLE PRECISION"), ("max_similarity", "DOUBLE PRECISION")],
 }
-KEYS = {"products": "product_id", "neighbors": "master_pi, rank", "run_meta": "key"}
+KEYS = {"products": "product_id", "neighbors": "master_pi, rank", "run_meta": "key", "duplicate_groups": "product_id"}
 # run_meta keys that must agree for a database to take this run's rows
 COMPATIBLE = ("model_handle", "dim", "resize", "pooling", "focus", "hog_weight", "postprocess")
 
@@ -71,6 +77,18 @@ def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict
                 "store_key": meta["computed_from"]["store_key"], "run_dir": str(run_dir.resolve()), "products": str(len(products)),
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return products, neighbors, run_meta
+
+
+def duplicate_group_table(run_dir: str | Path) -> pd.DataFrame:
+    """03's duplicate_groups.csv in the export's columns (empty when 03 wrote none)."""
+    path = Path(run_dir) / runfolder.DUPLICATE_GROUPS
+    columns = [c for c, _ in SCHEMA["duplicate_groups"]]
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    found = pd.read_csv(path, dtype={"product_id": str, "keeper_product_id": str, "group_id": str},
+                        keep_default_na=False)
+    found["keeper"] = found["keeper"].astype(bool).astype(int)
+    return found[columns]
 
 
 def _check_compatible(existing: dict, run_meta: dict, where: str) -> None:
@@ -120,6 +138,9 @@ def to_sqlite(run_dir: str | Path, path: str | Path | None = None) -> Path:
                 con.execute(sql)
             con.execute("DELETE FROM neighbors")  # readers see the old rows until commit
             con.execute("DELETE FROM products")
+            con.execute("DELETE FROM duplicate_groups")
+            con.executemany("INSERT INTO duplicate_groups VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            duplicate_group_table(run_dir).itertuples(index=False, name=None))
             con.executemany("INSERT INTO products VALUES (?, ?, ?)", products.itertuples(index=False, name=None))
             con.executemany("INSERT INTO neighbors VALUES (?, ?, ?, ?)",
                             neighbors.itertuples(index=False, name=None))
@@ -164,13 +185,16 @@ def to_postgres(run_dir: str | Path, dsn: str) -> dict:
             # the run's rows replace the old ones; other sessions see the old rows until commit
             cur.execute("DELETE FROM neighbors")
             cur.execute("DELETE FROM products")
+            cur.execute("DELETE FROM duplicate_groups")
             _copy(cur, "products", products)
+            _copy(cur, "duplicate_groups", duplicate_group_table(run_dir))
             _copy(cur, "neighbors", neighbors)
             cur.execute("DELETE FROM run_meta")
             cur.executemany("INSERT INTO run_meta VALUES (%s, %s)", list(run_meta.items()))
     finally:
         con.close()
-    return {"products": len(products), "neighbors": len(neighbors)}
+    return {"products": len(products), "neighbors": len(neighbors),
+            "duplicate_groups": int(duplicate_group_table(run_dir)["group_id"].nunique())}
 
 
 def redact(text: str, dsn: str) -> str:
@@ -205,6 +229,9 @@ def elasticsearch_mapping(dim: int) -> dict:
             "product_id": {"type": "keyword"},
             "rank": {"type": "integer"},
             "similarity": {"type": "float"}}},
+        "duplicate_group": {"properties": {
+            "group_id": {"type": "keyword"}, "keeper": {"type": "boolean"},
+            "keeper_product_id": {"type": "keyword"}}},
         "embedding": {"type": "dense_vector", "dims": dim, "index": True, "similarity": "cosine"},
     }}}
 
@@ -222,6 +249,7 @@ def to_elasticsearch(run_dir: str | Path, index_name: str = "lookalike", folder:
     folder.mkdir(parents=True, exist_ok=True)
     runfolder.write_json(folder / runfolder.ES_MAPPING, elasticsearch_mapping(int(embeddings.shape[1])))
     similar = {m: g for m, g in neighbors.groupby("master_pi", sort=False)}
+    groups = duplicate_group_table(run_dir).set_index("product_id")
     with runfolder.atomic_path(folder / runfolder.ES_DOCUMENTS) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for product in products.itertuples(index=False):
             group = similar.get(product.product_id)
@@ -233,6 +261,10 @@ def to_elasticsearch(run_dir: str | Path, index_name: str = "lookalike", folder:
                     for s, r, v in zip(group["similar_pi"], group["rank"], group["similarity"])],
                 "embedding": [round(float(x), 6) for x in np.asarray(embeddings[first_row[product.product_id]])],
             }
+            if product.product_id in groups.index:
+                g = groups.loc[product.product_id]
+                doc["duplicate_group"] = {"group_id": g["group_id"], "keeper": bool(g["keeper"]),
+                                          "keeper_product_id": g["keeper_product_id"]}
             f.write(json.dumps({"index": {"_index": index_name, "_id": product.product_id}}) + "\n")
             f.write(json.dumps(doc, ensure_ascii=False) + "\n")
     (folder / runfolder.ES_README).write_text(

@@ -106,3 +106,79 @@ def _render(run_dir: Path, queries, k: int, columns: int, thumb_size: int, show:
         image.save(path, optimize=False)
         saved.append(path)
     return saved
+
+
+def render_group_grids(run_dir: str | Path, max_groups: int = 12, columns: int = 9,
+                       thumb_size: int = 160) -> list[Path]:
+    """One review grid per near-duplicate group (03's duplicate_groups.csv), biggest first:
+    the suggested keeper, then the others; saved under ``grids/groups/``."""
+    run_dir = Path(run_dir)
+    with runfolder.lock(run_dir, "04_visual_grids"):
+        runfolder.check_current(run_dir, "neighbors", "04_visual_grids")
+        found = pd.read_csv(run_dir / runfolder.DUPLICATE_GROUPS, dtype={"product_id": str, "keeper_product_id": str},
+                            keep_default_na=False)
+        chosen = list(dict.fromkeys(found["group_id"]))[:max_groups]
+        rows = [(g, found[found["group_id"] == g]) for g in chosen]
+        cells = [((r.path.iat[0], f"{g} keep {r.product_id.iat[0]}"),
+                  [(p, pi, s, None) for p, pi, s in zip(r.path.iloc[1:], r.product_id.iloc[1:],
+                                                        r.max_similarity.iloc[1:])]) for g, r in rows]
+        return _save_grids(run_dir, runfolder.GROUP_GRIDS, [g for g, _ in rows], cells, columns, thumb_size)
+
+
+def render_cluster_grids(run_dir: str | Path, max_clusters: int = 12, per_cluster: int = 8, columns: int = 9,
+                         thumb_size: int = 160, seed: int = 0) -> list[Path]:
+    """One grid per visual cluster (03's clusters.parquet), biggest first: a seeded sample
+    of its images; saved under ``grids/clusters/``."""
+    run_dir = Path(run_dir)
+    with runfolder.lock(run_dir, "04_visual_grids"):
+        runfolder.check_current(run_dir, "neighbors", "04_visual_grids")
+        table = pd.read_parquet(run_dir / runfolder.CLUSTERS)
+        rng = np.random.default_rng(seed)
+        names, cells = [], []
+        for c in sorted(table["cluster"].unique())[:max_clusters]:
+            members = table[table["cluster"] == c]
+            shown = members.iloc[np.sort(rng.permutation(len(members))[:per_cluster + 1])]
+            names.append(f"cluster{c:03d}")
+            cells.append(((shown.path.iat[0], f"cluster {c}: {len(members)}"),
+                          [(p, pi, None, None) for p, pi in zip(shown.path.iloc[1:], shown.product_id.iloc[1:])]))
+        return _save_grids(run_dir, runfolder.CLUSTER_GRIDS, names, cells, columns, thumb_size)
+
+
+def _save_grids(run_dir: Path, folder_name: str, names: list[str], cells, columns: int, thumb_size: int) -> list[Path]:
+    """Grid PNGs (query cell, then the others) into ``grids/<folder_name>/``, replacing old ones."""
+    items = store.load_items(run_dir)
+    thumbs = dict(zip(items["path"], thumbnail_paths(run_dir, thumb_size)))
+    out_dir = run_dir / runfolder.GRIDS / folder_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    saved = []
+    for n, (name, ((first, caption), others)) in enumerate(zip(names, cells), 1):
+        query = (open_thumbnail(thumbs.get(first, ""), thumb_size), caption)
+        rest = [(open_thumbnail(thumbs.get(p, ""), thumb_size), pi, s, c) for p, pi, s, c in others]
+        path = out_dir / f"{n:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:60]}.png"
+        plots.grid_image(query, rest, columns=columns, thumb_size=thumb_size, label_first=False).save(path)
+        saved.append(path)
+    return saved
+
+
+def render_neighbor_map(run_dir: str | Path, thumb_size: int = 128, map_points: int = 1500,
+                        seed: int = 0) -> Path:
+    """The t-SNE map (``clusters.neighbor_map``) drawn with thumbnails framed by cluster,
+    saved as ``neighbor_map.jpg``."""
+    from . import clusters
+
+    run_dir = Path(run_dir)
+    with runfolder.lock(run_dir, "04_visual_grids"):
+        embeddings, items, _ = store.load_store(run_dir)
+        labels = None
+        if (run_dir / runfolder.CLUSTERS).exists():
+            runfolder.check_current(run_dir, "neighbors", "04_visual_grids")
+            labels = pd.read_parquet(run_dir / runfolder.CLUSTERS)["cluster"].to_numpy()
+        coordinates = clusters.neighbor_map(np.asarray(embeddings), seed=seed)
+        picture = plots.catalog_map(embeddings, thumbnail_paths(run_dir, thumb_size), max_points=map_points,
+                                    seed=seed, coordinates=coordinates, clusters=labels)
+        path = run_dir / runfolder.NEIGHBOR_MAP
+        with runfolder.atomic_path(path) as tmp:
+            picture.save(tmp, "JPEG", quality=85)
+        return path

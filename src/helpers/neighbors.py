@@ -168,20 +168,6 @@ def write_nearest_neighbors_json(table: pd.DataFrame, path: str | Path) -> None:
         f.write("\n]\n" if len(table) else "]\n")
 
 
-def near_duplicates(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Pairs of products at or above ``threshold``, each pair once, most similar first."""
-    dup = table[table["similarity"] >= threshold]
-    a = np.where(dup["master_pi"] <= dup["similar_pi"], dup["master_pi"], dup["similar_pi"])
-    b = np.where(dup["master_pi"] <= dup["similar_pi"], dup["similar_pi"], dup["master_pi"])
-    pa = np.where(dup["master_pi"] <= dup["similar_pi"], dup["master_path"], dup["similar_path"])
-    pb = np.where(dup["master_pi"] <= dup["similar_pi"], dup["similar_path"], dup["master_path"])
-    out = pd.DataFrame({"product_a": a, "product_b": b, "similarity": dup["similarity"].to_numpy(),
-                        "path_a": pa, "path_b": pb})
-    out = out[out["product_a"] != out["product_b"]]
-    out = out.sort_values(["similarity", "product_a", "product_b"], ascending=[False, True, True])
-    return out.drop_duplicates(["product_a", "product_b"]).reset_index(drop=True)
-
-
 def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, level: str = "product",
                     rerank: str = "none") -> pd.DataFrame:
     """Top-k catalog products for photos that are not in the catalog (paths or arrays).
@@ -193,7 +179,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     results as 03 does (``similarity`` stays the cosine). A file that cannot be read is skipped
     with a warning naming it; the other photos are still answered.
     """
-    from . import diffusion, whitening
+    from . import decode, diffusion, whitening
     from .index import ExactIndex
     from .options import EmbeddingOptions
 
@@ -204,7 +190,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     fetch = fetch_size(items, k, level)
     options = EmbeddingOptions(**meta["options"])
     model = options.embedder()
-    labels, batch = query_pictures(pictures, model.image_size, options)
+    labels, batch = decode.query_pictures(pictures, model.image_size, options)
     if not batch:
         return pd.DataFrame(columns=columns)
     vectors = model(np.stack(batch))
@@ -229,31 +215,6 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     table = pd.DataFrame(rows, columns=columns)
     table["similarity"] = truncate4(table["similarity"])
     return table
-
-
-def query_pictures(pictures, size: int, options) -> tuple[list[str], list[np.ndarray]]:
-    """(labels, square uint8 pictures) of query photos: paths are decoded exactly like the
-    catalog's files (an unreadable one is skipped with a warning), arrays are fitted alike."""
-    import warnings
-
-    from PIL import Image
-
-    from . import images
-
-    labels, batch = [], []
-    for i, p in enumerate(pictures):
-        if isinstance(p, (str, Path)):
-            try:
-                batch.append(images.decode_image(images.read_file(p), size, options.resize, options.max_pixels)[0])
-            except images.ImageError as exc:
-                warnings.warn(f"{p}: {exc}; skipped", stacklevel=3)
-                continue
-            labels.append(str(p))
-        else:
-            labels.append(f"query {i}")
-            picture = p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p))
-            batch.append(np.asarray(images.fit_square(images.to_rgb(picture), size, options.resize)))
-    return labels, batch
 
 
 # --- refreshing after a small catalog change ---------------------------------------------
@@ -381,11 +342,19 @@ def saved_candidates_match(run_dir: Path, embed_meta: dict, include_self: bool) 
 def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_trees: int | None = None,
                     search_k: int | None = None, pca_dims: int | None = None,
                     index_params: dict | None = None, include_self: bool = False, level: str = "product",
-                    min_similarity: float | None = None, duplicate_threshold: float = 0.95,
-                    refresh: bool = True, query_expansion: int = 0, rerank: str = "none") -> dict:
+                    min_similarity: float | None = None, duplicate_threshold="auto",
+                    duplicate_precision: float = 0.95, refresh: bool = True, query_expansion: int = 0,
+                    rerank: str = "none", n_clusters="auto", backgrounds=None) -> dict:
     """Notebook 03's work: neighbour lists for the run's store, committed as one set of files
-    (nearest_neighbors.json, neighbors.parquet, near_duplicates.csv, the candidate lists and
-    neighbors_meta.json, the record). Returns the record.
+    (nearest_neighbors.json, neighbors.parquet, near_duplicates.csv, duplicate_groups.csv,
+    clusters.parquet, the calibration pairs, the candidate lists and neighbors_meta.json, the
+    record). Returns the record.
+
+    Near-duplicates (``helpers.duplicates``): ``duplicate_threshold="auto"`` calibrates the
+    rule on the catalog's own edited copies (background swaps on photos from ``backgrounds``,
+    default Debian's wallpapers when installed) to reach ``duplicate_precision``, and checks
+    the uncertain band with keypoints; a number is used as it is. Groups: ``helpers.groups``.
+    Clusters (``helpers.clusters``): ``n_clusters`` "auto" (by silhouette), a number, or None.
 
     backend "auto": 02's recommendation (when measured on this store), else ``auto_choice``:
     exact search up to 6,500 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph, or
@@ -400,10 +369,12 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     ``diffusion.SHORTLIST`` images re-ordered by diffusion over their own neighbour graph
     (``similarity`` stays the cosine). Neither can refresh. See docs/benchmarks.md.
     """
-    from . import diffusion
+    from . import clusters, diffusion, duplicates
 
     check_counts(k=k)
     diffusion.check_rerank(rerank)
+    duplicates.check_threshold(duplicate_threshold, duplicate_precision)
+    clusters.check_n_clusters(n_clusters)
     run_dir = Path(run_dir)
     with runfolder.lock(run_dir, "03_neighbors"):
         start = time.perf_counter()
@@ -412,6 +383,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         backend, settings = choose_index(run_dir, len(items), vector_bytes, backend, n_trees, search_k,
                                          pca_dims, index_params)
         fetch = fetch_size(items, k, level)
+        stored = embeddings
         embeddings = expand_catalog(embeddings, backend, settings, query_expansion)
         keep_candidates = query_expansion == 0 and rerank == "none"  # lists of the store's own vectors
         can_refresh = (refresh and keep_candidates and embed_meta["options"]["postprocess"] != "whiten"
@@ -423,20 +395,25 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         changed = changed_masters(pd.read_parquet(previous), table) if previous.exists() else None
         parameters = {"k": k, "backend": backend, "index_params": settings, "level": level,
                       "include_self": include_self, "min_similarity": min_similarity,
-                      "duplicate_threshold": duplicate_threshold, "query_expansion": query_expansion, "rerank": rerank}
+                      "duplicate_threshold": duplicate_threshold, "duplicate_precision": duplicate_precision,
+                      "n_clusters": n_clusters, "query_expansion": query_expansion, "rerank": rerank}
         staging = runfolder.Staging(run_dir, "neighbors")
-        duplicates = _stage_tables(staging, table, duplicate_threshold, idx if keep_candidates else None, items)
+        _stage_tables(staging, table, idx if keep_candidates else None, items)
+        found = _stage_catalog_tidying(staging, run_dir, table, stored, items, embed_meta, parameters, backgrounds)
         meta = {
             **parameters,
             "computed_from": {"store_key": embed_meta["computed_from"]["store_key"], "parameters": parameters},
             "candidates": {"options_key": embed_meta["computed_from"]["options_key"],
                            "include_self": include_self} if keep_candidates else None,
             "masters": int(table["master_pi"].nunique()), "pairs": len(table),
-            "near_duplicate_pairs": len(duplicates), "refreshed": refreshed,
+            **found, "refreshed": refreshed,
             "items_searched": int(searched), "masters_with_changed_neighbors": changed,
             "seconds": round(time.perf_counter() - start, 3),
         }
-        staging.commit(meta, remove=() if keep_candidates else (runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS))
+        stale = [] if keep_candidates else [runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS]
+        stale += [] if meta["duplicate_rule"]["source"] == "calibrated" else [runfolder.CALIBRATION_PAIRS]
+        stale += [] if meta["clusters"] else [runfolder.CLUSTERS]
+        staging.commit(meta, remove=tuple(stale))
     return meta
 
 
@@ -450,12 +427,33 @@ def _candidates(run_dir: Path, embeddings, items, fetch: int, include_self: bool
     return idx, scores, len(items), False
 
 
-def _stage_tables(staging, table: pd.DataFrame, duplicate_threshold: float, idx, items) -> pd.DataFrame:
-    """03's files into staging: the lists (both formats), near-duplicates, candidates."""
+def _stage_tables(staging, table: pd.DataFrame, idx, items) -> None:
+    """03's lists into staging (both formats), and the candidates."""
     write_nearest_neighbors_json(table, staging.path(runfolder.NEAREST_NEIGHBORS))
     runfolder.write_table(staging.path(runfolder.NEIGHBORS), table)
-    duplicates = near_duplicates(table, duplicate_threshold)
-    runfolder.write_table(staging.path(runfolder.NEAR_DUPLICATES), duplicates)
     if idx is not None:
         save_candidates(staging.folder, idx, items)
-    return duplicates
+
+
+def _stage_catalog_tidying(staging, run_dir: Path, table: pd.DataFrame, embeddings, items: pd.DataFrame,
+                           embed_meta: dict, parameters: dict, backgrounds) -> dict:
+    """Near-duplicates, their groups and the clusters into staging; what the record says of them."""
+    from . import clusters, duplicates, groups
+
+    started = time.perf_counter()
+    pairs, rule, calibration_pairs = duplicates.find(run_dir, table, embeddings, items, embed_meta,
+                                                     parameters["duplicate_threshold"],
+                                                     parameters["duplicate_precision"], backgrounds)
+    runfolder.write_table(staging.path(runfolder.NEAR_DUPLICATES), pairs)
+    if calibration_pairs is not None:
+        runfolder.write_table(staging.path(runfolder.CALIBRATION_PAIRS), calibration_pairs)
+    found = groups.duplicate_groups(pairs, items)
+    runfolder.write_table(staging.path(runfolder.DUPLICATE_GROUPS), found)
+    duplicate_seconds = time.perf_counter() - started
+    clustered = None
+    if parameters["n_clusters"] is not None:
+        labels, clustered = clusters.cluster(embeddings, parameters["n_clusters"])
+        runfolder.write_table(staging.path(runfolder.CLUSTERS), clusters.cluster_table(items, labels))
+    return {"near_duplicate_pairs": len(pairs), "duplicate_rule": rule.as_dict(),
+            "duplicate_groups": int(found["group_id"].nunique()), "verified_pairs": int(pairs["verified"].sum()),
+            "duplicate_seconds": round(duplicate_seconds, 3), "clusters": clustered}

@@ -127,12 +127,13 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def grid_image(query, neighbors, columns: int = 6, thumb_size: int = 160):
+def grid_image(query, neighbors, columns: int = 6, thumb_size: int = 160, label_first: bool = True):
     """One query and its neighbours as a single picture (fast: no matplotlib).
 
     ``query``: (thumbnail, caption). ``neighbors``: (thumbnail, caption, similarity, correct)
     tuples, where correct is True/False when ground truth is known, else None. Borders are
-    coloured by similarity, or green/red for correct/incorrect.
+    coloured by similarity, or green/red for correct/incorrect, or grey when similarity is
+    None. ``label_first=False``: the first cell's caption is shown as it is (no "query: ").
     """
     from PIL import Image, ImageDraw
 
@@ -146,8 +147,10 @@ def grid_image(query, neighbors, columns: int = 6, thumb_size: int = 160):
     font = _font(max(10, thumb_size // 12))
     for i, (thumb, caption, similarity, correct) in enumerate(cells):
         x, y = (i % columns) * cell_w + pad, (i // columns) * cell_h + pad
-        if similarity is None:
+        if i == 0:
             color = (0, 0, 0)
+        elif similarity is None:
+            color = (170, 170, 170)
         elif correct is not None:
             color = (30, 160, 60) if correct else (210, 40, 40)
         else:
@@ -159,7 +162,10 @@ def grid_image(query, neighbors, columns: int = 6, thumb_size: int = 160):
         thumb.thumbnail((thumb_size, thumb_size))
         tile.paste(thumb, ((thumb_size - thumb.width) // 2, (thumb_size - thumb.height) // 2))
         canvas.paste(tile, (x, y))
-        label = "query: " + caption if similarity is None else f"{caption}\n{similarity:.4f}"
+        if i == 0:
+            label = "query: " + caption if label_first else caption
+        else:
+            label = caption if similarity is None else f"{caption}\n{similarity:.4f}"
         lines = [line[: max(8, thumb_size // 7)] for line in label.split("\n")]
         draw.multiline_text((x, y + thumb_size + border + 1), "\n".join(lines), fill="black", font=font,
                             spacing=2)
@@ -167,29 +173,47 @@ def grid_image(query, neighbors, columns: int = 6, thumb_size: int = 160):
 
 
 def catalog_map(embeddings, thumbnails, canvas_size: int = 2000, thumb_size: int = 56, seed: int = 0,
-                max_points: int = 1500):
-    """The catalog on its first two principal components, drawn with thumbnails.
+                max_points: int = 1500, coordinates=None, clusters=None):
+    """The catalog drawn with thumbnails: on its first two principal components, or on
+    ``coordinates`` (N, 2; NaN rows are left out) such as ``clusters.neighbor_map``'s.
 
     ``thumbnails``: paths, one per embedding row. At most ``max_points`` (sampled) are drawn.
+    ``clusters`` (one label per row): each thumbnail framed in its cluster's colour.
     """
     from PIL import Image, ImageDraw
 
     from .thumbnails import open_thumbnail
 
-    n = len(embeddings)
-    rows = np.arange(n)
-    if n > max_points:
-        rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
-    xy = first_two_components(embeddings[rows])
+    rows = np.arange(len(embeddings))
+    if coordinates is not None:
+        rows = rows[np.isfinite(np.asarray(coordinates)).all(axis=1)]
+    if len(rows) > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
+    xy = first_two_components(embeddings[rows]) if coordinates is None else np.asarray(coordinates)[rows]
     span = np.maximum(xy.max(axis=0) - xy.min(axis=0), 1e-9) if len(rows) else np.ones(2)
     pos = ((xy - xy.min(axis=0)) / span * (canvas_size - thumb_size)).astype(int) if len(rows) else xy
     canvas = Image.new("RGB", (canvas_size, canvas_size), "white")
+    draw = ImageDraw.Draw(canvas)
+    palette = plt_palette()
     for (px, py), r in zip(pos, rows):
         thumb = open_thumbnail(thumbnails[r], thumb_size)
         thumb.thumbnail((thumb_size, thumb_size))
-        canvas.paste(thumb, (int(px), int(canvas_size - thumb_size - py)))
-    ImageDraw.Draw(canvas).text((10, 10), "x: first principal component, y: second", fill="black", font=_font(20))
+        x, y = int(px), int(canvas_size - thumb_size - py)
+        if clusters is not None:
+            draw.rectangle([x - 3, y - 3, x + thumb.width + 2, y + thumb.height + 2],
+                           fill=palette[int(clusters[r]) % len(palette)])
+        canvas.paste(thumb, (x, y))
+    caption = "x: first principal component, y: second" if coordinates is None else \
+        "t-SNE map: neighbours stay together" + ("; frames: visual clusters" if clusters is not None else "")
+    draw.text((10, 10), caption, fill="black", font=_font(20))
     return canvas
+
+
+def plt_palette() -> list[tuple]:
+    """20 distinct colours (matplotlib's tab20) as RGB tuples."""
+    from matplotlib import colormaps
+
+    return [tuple(int(255 * c) for c in colormaps["tab20"](i)[:3]) for i in range(20)]
 
 
 @plain_text
@@ -221,5 +245,32 @@ def plot_confusion(table, title: str = "Which classes the top-k neighbours come 
     ax.set_xlabel(table.columns.name or "neighbour class"), ax.set_ylabel(table.index.name or "query class")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+@plain_text
+def plot_duplicate_calibration(curve, rule: dict):
+    """Precision against recall of the similarity alone on the calibration pairs, with the
+    points of ``accept`` alone and of the whole rule (keypoint check included)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(curve["recall"], curve["precision"], color="0.4", label="similarity alone")
+    at = curve[curve["threshold"] >= rule["accept"]]
+    if len(at):
+        ax.scatter([at["recall"].iat[-1]], [at["precision"].iat[-1]], color="tab:blue", zorder=3,
+                   label=f"accept >= {rule['accept']:.4f}")
+    if rule.get("recall") is not None and rule.get("precision") is not None:
+        check = f", or >= {rule['verify']:.4f} with {rule['min_inliers']} keypoints" if rule.get("verify") else ""
+        ax.scatter([rule["recall"]], [rule["precision"]], color="tab:green", marker="*", s=160, zorder=4,
+                   label="the rule" + check)
+    ax.set_xlabel("recall (edited copies found)")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Near-duplicate rule on the catalog's own edited copies")
     fig.tight_layout()
     return fig

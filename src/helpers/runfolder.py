@@ -46,11 +46,21 @@ NEAR_DUPLICATES = "near_duplicates.csv"
 CANDIDATES = "neighbor_candidates.npy"          # image-level candidate rows, for a refresh
 CANDIDATE_ITEMS = "neighbor_candidate_items.parquet"
 NEIGHBORS_META = "neighbors_meta.json"         # 03's record
+DUPLICATE_GROUPS = "duplicate_groups.csv"      # near-duplicates gathered into groups, with a keeper
+CLUSTERS = "clusters.parquet"                  # every image's visual cluster and its place on the map
+CALIBRATION_PAIRS = "duplicate_calibration.parquet"  # the pairs that set the rule (03's curve)
+CALIBRATION = "duplicate_calibration"          # cache: edited copies that calibrate the rule ...
+CALIBRATION_COPIES = "copies.npz"              # ... and their vectors, with the key they were made for
+KEYPOINTS = "keypoints"                        # cache: ORB keypoints by sha256 (helpers.verify) ...
+INLIERS = "inliers.parquet"                    # ... and the matches of pairs already checked
 SQLITE = "neighbors.sqlite"                    # export: the run's own database
 ELASTICSEARCH = "elasticsearch"                # export: a folder with the index mapping and documents
 ES_MAPPING, ES_DOCUMENTS, ES_README = "mapping.json", "products.ndjson", "README.txt"
 # 04 grids
 GRIDS = "grids"
+GROUP_GRIDS = "groups"                          # inside GRIDS: one review grid per duplicate group
+CLUSTER_GRIDS = "clusters"                      # inside GRIDS: one grid per visual cluster
+NEIGHBOR_MAP = "neighbor_map.jpg"               # the t-SNE map, coloured by cluster
 THUMBS = "thumbs"
 CATALOG_MAP = "catalog_map.jpg"
 # 05 evaluate
@@ -72,7 +82,8 @@ STAGING = ".staging"
 # what a run writes at its top level: never part of the catalog when run_dir is image_dir
 OWN_ENTRIES = frozenset({EMBEDDINGS, ITEMS, SKIPPED, EMBED_META, WHITENING, PARTIAL, SWEEP, INDEX_CHOICE,
                          NEAREST_NEIGHBORS, NEIGHBORS, NEAR_DUPLICATES, CANDIDATES, CANDIDATE_ITEMS,
-                         NEIGHBORS_META, SQLITE, ELASTICSEARCH, GRIDS, THUMBS, CATALOG_MAP, METRICS,
+                         NEIGHBORS_META, DUPLICATE_GROUPS, CLUSTERS, CALIBRATION_PAIRS, CALIBRATION, KEYPOINTS,
+                          SQLITE, ELASTICSEARCH, GRIDS, THUMBS, CATALOG_MAP, NEIGHBOR_MAP, METRICS,
                          NEAR_DUPLICATE_BENCHMARK, NOTEBOOKS, REPORT, EXPLORER, LOG, SWEEP_SUMMARY, SWEEP_PAGE,
                          LOCK, STAGING})
 STORE_FILES = (EMBEDDINGS, ITEMS, SKIPPED, EMBED_META)  # what a sweep copies to share a store

@@ -1,0 +1,147 @@
+"""The pairs that calibrate 03's near-duplicate rule (``duplicates.calibrate``).
+
+``CALIBRATION_SOURCES`` catalog images, chosen by their sha256 (so a growing catalog keeps
+almost the same ones), get one copy per kind of edit from 05's generator
+(``edits.make_near_duplicates``). The copies are decoded and embedded exactly like the
+catalog (the run's own options and whitening) and kept in ``run_dir/duplicate_calibration/``
+with the key they were made for, so the next 03 reuses them. Each copy is then paired with
+its nearest catalog images: its source is a positive, other products are negatives (near-
+copies of the source itself count as neither: the catalog may really hold them twice).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import edits, runfolder, verify
+
+CALIBRATION_SOURCES = 100   # catalog images that get edited copies
+CALIBRATION_CANDIDATES = 10  # each copy's nearest catalog images that it is paired with
+NEAR_COPY = 0.97            # catalog images this close to a source are neither right nor wrong ...
+STRONG_MATCH = 20           # ... nor are those whose keypoints agree with it this well
+VERSION = 1                 # bump when the copies change
+
+
+class CalibrationError(RuntimeError):
+    """The catalog's images cannot be read to make the calibration copies."""
+
+
+def choose_sources(items: pd.DataFrame, n: int = CALIBRATION_SOURCES, seed: int = 0) -> np.ndarray:
+    """Rows of up to ``n`` distinct products, the ones whose seeded sha256 sorts first."""
+    rank = items["sha256"].map(lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    order = rank.sort_values(kind="stable").index.to_numpy()
+    first = items.loc[order].drop_duplicates("productId").index.to_numpy()[:n]
+    return np.sort(items.index.get_indexer(first))
+
+
+def edited_copies(run_dir: Path, items: pd.DataFrame, embed_meta: dict, backgrounds: Path | None,
+                  seed: int = 0) -> dict:
+    """{"vectors", "source_rows", "kinds", "paths", "folder"} of the calibration copies, made
+    and embedded now unless the saved ones were made for the same options and sources."""
+    rows = choose_sources(items, seed=seed)
+    options = embed_meta["options"]
+    vector_key = embed_meta["computed_from"]["store_key"] if options["postprocess"] != "none" \
+        else embed_meta["computed_from"]["options_key"]
+    key = runfolder.key_of([VERSION, vector_key, items["sha256"].to_numpy()[rows].tolist(), seed,
+                            edits.TRANSFORMS, str(backgrounds)])
+    folder = run_dir / runfolder.CALIBRATION
+    saved = folder / runfolder.CALIBRATION_COPIES
+    if saved.exists():
+        with np.load(saved, allow_pickle=False) as f:
+            if str(f["key"]) == key:
+                return {name: f[name] for name in ("vectors", "source_rows", "kinds", "paths")} | {"folder": folder}
+    copies = _make(run_dir, folder, items, rows, embed_meta, backgrounds, seed)
+    with runfolder.atomic_path(saved) as tmp, open(tmp, "wb") as f:
+        np.savez(f, key=key, **copies)
+    return copies | {"folder": folder}
+
+
+def _make(run_dir: Path, folder: Path, items: pd.DataFrame, rows: np.ndarray, embed_meta: dict,
+          backgrounds, seed: int) -> dict:
+    from .decode import query_pictures
+    from .options import EmbeddingOptions
+
+    if not embed_meta.get("image_dir") or not Path(embed_meta["image_dir"]).is_dir():
+        raise CalibrationError(f"the image folder {embed_meta.get('image_dir')!r} of 01's store is not there")
+    try:
+        labels = edits.make_near_duplicates(embed_meta["image_dir"], items["path"].to_numpy()[rows].tolist(),
+                                            folder, variants_per_source=len(edits.TRANSFORMS),
+                                            backgrounds=backgrounds, seed=seed)
+    except ValueError as exc:  # none of the sources could be read
+        raise CalibrationError(str(exc)) from None
+    labels = labels[labels["transform"] != "source"]
+    options = EmbeddingOptions.of(embed_meta["options"])
+    model = options.embedder()
+    row_of = dict(zip(items["path"], range(len(items))))
+    kept, vectors = [], []
+    for start in range(0, len(labels), 64):
+        chunk = labels.iloc[start:start + 64]
+        names, batch = query_pictures([folder / p for p in chunk["path"]], model.image_size, options)
+        kept += [p for p in chunk["path"] if str(folder / p) in set(names)]
+        if batch:
+            vectors.append(model(np.stack(batch)))
+    if options.postprocess == "whiten":
+        from .whitening import Whitening
+
+        vectors = [Whitening.load(run_dir / runfolder.WHITENING).apply(np.concatenate(vectors))]
+    labels = labels.set_index("path").loc[kept]
+    dim = int(embed_meta.get("dim") or model.dim)
+    return {"vectors": np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+            "source_rows": labels["source"].map(row_of).to_numpy(np.int64),
+            "kinds": labels["transform"].to_numpy(str), "paths": np.array(kept, dtype=str)}
+
+
+def calibration_pairs(run_dir: str | Path, embeddings: np.ndarray, items: pd.DataFrame, embed_meta: dict,
+                      backgrounds: Path | None = None, seed: int = 0) -> pd.DataFrame:
+    """(copy, catalog image) pairs: kind, similarity, inliers (-1: not checked), positive.
+
+    A catalog image the source itself matches strongly (``STRONG_MATCH`` inliers) is taken
+    for a copy the catalog already holds, and left out: neither right nor wrong.
+    """
+    run_dir = Path(run_dir)
+    copies = edited_copies(run_dir, items, embed_meta, backgrounds, seed)
+    pairs = _nearest(copies, embeddings, items)
+    check = pairs["similarity"].to_numpy() >= verify.FLOOR
+    cache = verify.KeypointCache(run_dir, embed_meta["image_dir"])
+    paths, hashes = items["path"].to_numpy(), items["sha256"].to_numpy()
+    copy_sha = dict(zip(copies["paths"], _hashes(copies["folder"], copies["paths"])))
+    rows = np.unique(np.concatenate([pairs.loc[check, "row"], pairs["source"]]))
+    found = cache.many(paths[rows].tolist(), hashes[rows].tolist())
+    found |= verify.KeypointCache(run_dir, copies["folder"]).many(list(copy_sha), list(copy_sha.values()))
+    checked = pairs[check]
+    inliers = np.full(len(pairs), -1, np.int32)
+    inliers[check] = cache.pair_inliers(list(zip(checked["copy"].map(copy_sha), hashes[checked["row"]])), found)
+    pairs["inliers"] = inliers
+    negatives = pairs[~pairs["positive"]]
+    held = cache.pair_inliers(list(zip(hashes[negatives["source"]], hashes[negatives["row"]])), found)
+    already = negatives.index[held >= STRONG_MATCH]
+    return pairs.drop(index=already).drop(columns="source").reset_index(drop=True)
+
+
+def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.DataFrame:
+    """Each copy's source, and its nearest catalog images of other products."""
+    vectors, sources = copies["vectors"], copies["source_rows"]
+    products = items["productId"].astype(str).to_numpy()
+    take = min(CALIBRATION_CANDIDATES, len(items))
+    unique = np.unique(sources)
+    near_copy = dict(zip(unique, (embeddings[unique] @ np.asarray(embeddings).T) >= NEAR_COPY))
+    rows = []
+    for start in range(0, len(vectors), 256):
+        sims = vectors[start:start + 256] @ np.asarray(embeddings).T
+        for i, s in enumerate(sims):
+            q = start + i
+            source = int(sources[q])
+            rows.append((copies["paths"][q], copies["kinds"][q], source, source, float(s[source]), True))
+            for r in np.argpartition(-s, take - 1)[:take]:
+                if products[r] != products[source] and not near_copy[source][r]:
+                    rows.append((copies["paths"][q], copies["kinds"][q], source, int(r), float(s[r]), False))
+    return pd.DataFrame(rows, columns=["copy", "kind", "source", "row", "similarity", "positive"])
+
+
+def _hashes(folder: Path, paths) -> list[str]:
+    from .decode import hash_files
+
+    return hash_files(Path(folder), list(paths), workers=2)

@@ -1,0 +1,200 @@
+"""Near-duplicates people can act on: a threshold calibrated on the catalog's own edited
+copies, a geometric check for the uncertain band, and groups with a suggested keeper.
+
+**The rule.** A pair of products is a near-duplicate when its similarity is at least
+``accept``, or at least ``verify`` and ``min_inliers`` keypoint matches agree on one affine
+map (``helpers.verify``). ``calibrate`` chooses the three numbers.
+
+**Calibration.** ``helpers.calibration`` pairs edited copies of catalog images (crop,
+mirror, downscale, recolour, re-encode, rotation up to 20°, aspect change, background swap
+on photos from ``backgrounds``) with their nearest catalog images: a copy's source is
+the right answer, other products are wrong. The rule is the one with the highest recall
+whose precision on these pairs reaches the target; its estimated precision and recall are
+recorded.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import calibration, verify
+
+DEFAULT_PRECISION = 0.95
+UNCALIBRATED = 0.95  # the threshold when the catalog's images cannot be read to calibrate
+VERIFY_TOP = 5              # per product, at most this many band neighbours are verified
+INLIER_STEPS = (6, 8, 10, 12, 15, 20, 25, 30, 40, 60)
+BACKGROUND_FOLDERS = ("/usr/share/backgrounds", "/usr/share/wallpapers")  # Debian's photos, when installed
+
+
+@dataclass
+class Rule:
+    accept: float                    # at or above: a near-duplicate, no check needed
+    verify: float | None = None      # from here below accept: a near-duplicate if the keypoints agree
+    min_inliers: int | None = None
+    precision: float | None = None   # estimated on the calibration pairs
+    recall: float | None = None
+    recall_by_edit: dict = field(default_factory=dict)
+    source: str = "calibrated"       # or "given": the user's threshold
+
+    def decide(self, similarity, inliers) -> np.ndarray:
+        similarity, inliers = np.asarray(similarity), np.asarray(inliers)
+        accepted = similarity >= self.accept
+        if self.verify is not None:
+            accepted |= (similarity >= self.verify) & (inliers >= self.min_inliers)
+        return accepted
+
+    def needs_check(self, similarity) -> np.ndarray:
+        similarity = np.asarray(similarity)
+        if self.verify is None:
+            return np.zeros(similarity.shape, bool)
+        return (similarity >= self.verify) & (similarity < self.accept)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_threshold(duplicate_threshold, duplicate_precision: float) -> None:
+    if not (duplicate_threshold == "auto" or (isinstance(duplicate_threshold, (int, float))
+                                              and not isinstance(duplicate_threshold, bool)
+                                              and -1 <= duplicate_threshold <= 1)):
+        raise ValueError(f"duplicate_threshold={duplicate_threshold!r}; give 'auto' (calibrated on the "
+                         "catalog's own edited copies) or a cosine similarity between -1 and 1")
+    if not (isinstance(duplicate_precision, (int, float)) and 0 < duplicate_precision < 1):
+        raise ValueError(f"duplicate_precision={duplicate_precision!r}; give the precision the calibrated "
+                         "threshold should reach, between 0 and 1 (e.g. 0.95)")
+
+
+def calibrate(pairs: pd.DataFrame, precision: float = DEFAULT_PRECISION) -> Rule:
+    """The rule with the highest recall whose precision on ``pairs`` reaches ``precision``.
+
+    ``pairs``: one row per (edited copy, catalog image) with ``similarity``, ``inliers``,
+    ``positive`` and ``kind`` (the edit). Recall counts every edited copy once (found when
+    its source's pair is accepted). Ties go to the rule that verifies fewer pairs.
+    """
+    sim, inl, pos = (pairs[c].to_numpy() for c in ("similarity", "inliers", "positive"))
+    n_pos = max(1, int(pos.sum()))
+    accepts = np.unique(np.round(np.quantile(sim[pos], np.linspace(0, 1, 201)), 4)) if pos.any() else []
+    best, best_score = None, (-1.0, 0)
+    for accept in np.concatenate([accepts, [1.01]]):
+        plain = sim >= accept
+        options = [(None, None)] + [(v, n) for v in _verify_starts(sim[pos], accept) for n in INLIER_STEPS]
+        for start, n in options:
+            chosen = plain | ((sim >= start) & (sim < accept) & (inl >= n)) if start is not None else plain
+            found = int((chosen & pos).sum())
+            wrong = int((chosen & ~pos).sum())
+            if found == 0 or found / (found + wrong) < precision:
+                continue
+            checked = 0 if start is None else int(((sim >= start) & (sim < accept)).sum())
+            score = (found / n_pos, -checked)
+            if score > best_score:
+                best, best_score = (float(accept), start, n, found / (found + wrong)), score
+    if best is None:  # nothing reaches the precision: only identical pictures
+        return Rule(accept=1.0, precision=None, recall=0.0)
+    accept, start, n, reached = best
+    rule = Rule(accept=round(min(accept, 1.0), 4), verify=None if start is None else round(float(start), 4),
+                min_inliers=n, precision=round(reached, 4), recall=round(best_score[0], 4))
+    rule.recall_by_edit = _recall_by_edit(pairs, rule)
+    return rule
+
+
+def _verify_starts(positive_sims: np.ndarray, accept: float) -> list[float]:
+    """Where the checked band may start: quantiles of the positives below ``accept``."""
+    below = positive_sims[positive_sims < accept]
+    if not len(below):
+        return []
+    starts = np.quantile(below, [0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5])
+    return sorted({max(verify.FLOOR, round(float(s), 4)) for s in starts})
+
+
+def _recall_by_edit(pairs: pd.DataFrame, rule: Rule) -> dict:
+    positives = pairs[pairs["positive"]]
+    found = rule.decide(positives["similarity"], positives["inliers"])
+    return {k: round(float(v), 4) for k, v in pd.Series(found).groupby(positives["kind"].to_numpy()).mean().items()}
+
+
+def curve(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Precision and recall of the similarity alone at every threshold (for 03's plot)."""
+    ordered = pairs.sort_values("similarity", ascending=False)
+    pos = ordered["positive"].to_numpy()
+    found = np.cumsum(pos)
+    return pd.DataFrame({"threshold": ordered["similarity"].to_numpy(),
+                         "precision": found / np.arange(1, len(pos) + 1),
+                         "recall": found / max(1, int(pos.sum()))})
+
+
+def candidate_pairs(table: pd.DataFrame, rule: Rule) -> pd.DataFrame:
+    """Unique product pairs of 03's lists that the rule looks at: above ``accept``, or in the
+    band among each master's first ``VERIFY_TOP`` neighbours."""
+    floor = rule.accept if rule.verify is None else rule.verify
+    near = table[(table["similarity"] >= floor)
+                 & ((table["similarity"] >= rule.accept) | (table["rank"] <= VERIFY_TOP))]
+    swap = near["master_pi"].to_numpy() > near["similar_pi"].to_numpy()
+    out = pd.DataFrame({
+        "product_a": np.where(swap, near["similar_pi"], near["master_pi"]),
+        "product_b": np.where(swap, near["master_pi"], near["similar_pi"]),
+        "similarity": near["similarity"].to_numpy(),
+        "path_a": np.where(swap, near["similar_path"], near["master_path"]),
+        "path_b": np.where(swap, near["master_path"], near["similar_path"]),
+    })
+    out = out[out["product_a"] != out["product_b"]]
+    out = out.sort_values(["similarity", "product_a", "product_b"], ascending=[False, True, True])
+    return out.drop_duplicates(["product_a", "product_b"]).reset_index(drop=True)
+
+
+def near_duplicates(table: pd.DataFrame, items: pd.DataFrame, rule: Rule,
+                    keypoints: verify.KeypointCache | None) -> pd.DataFrame:
+    """The product pairs the rule calls near-duplicates, most similar first, with the
+    keypoint evidence (``inliers``; -1 where no check was needed)."""
+    pairs = candidate_pairs(table, rule)
+    check = rule.needs_check(pairs["similarity"])
+    inliers = np.full(len(pairs), -1, np.int32)
+    if check.any() and keypoints is not None:
+        sha = dict(zip(items["path"], items["sha256"]))
+        a, b = pairs.loc[check, "path_a"].map(sha), pairs.loc[check, "path_b"].map(sha)
+        paths = pd.concat([pairs.loc[check, "path_a"], pairs.loc[check, "path_b"]])
+        found = keypoints.many(paths.tolist(), paths.map(sha).tolist())
+        inliers[check] = keypoints.pair_inliers(list(zip(a, b)), found)
+    pairs["inliers"] = inliers
+    pairs["verified"] = check
+    keep = rule.decide(pairs["similarity"], np.where(check, inliers, 0))
+    columns = ["product_a", "product_b", "similarity", "inliers", "verified", "path_a", "path_b"]
+    return pairs.loc[keep, columns].reset_index(drop=True)
+
+
+def background_folder(backgrounds=None) -> Path | None:
+    """The background photos for calibration's background swaps: the given folder, else
+    Debian's wallpapers when installed (None: generated backgrounds)."""
+    if backgrounds:
+        folder = Path(backgrounds)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"backgrounds={backgrounds!r} is not a folder of background photos")
+        return folder
+    return next((Path(f) for f in BACKGROUND_FOLDERS if Path(f).is_dir()), None)
+
+
+def find(run_dir: Path, table: pd.DataFrame, embeddings: np.ndarray, items: pd.DataFrame, embed_meta: dict,
+         threshold="auto", precision: float = DEFAULT_PRECISION, backgrounds=None):
+    """03's near-duplicates: (pairs, the rule, the calibration pairs or None).
+
+    ``threshold`` a number: pairs at or above it, nothing checked (the user's number wins).
+    "auto": the rule calibrated on the catalog's own edited copies to reach ``precision``.
+    """
+    check_threshold(threshold, precision)
+    if threshold != "auto":
+        rule = Rule(accept=float(threshold), source="given")
+        return near_duplicates(table, items, rule, None), rule, None
+    folder = background_folder(backgrounds)
+    try:
+        pairs = calibration.calibration_pairs(run_dir, embeddings, items, embed_meta, folder)
+    except calibration.CalibrationError as exc:  # the lists still matter more than the calibration
+        import warnings
+
+        warnings.warn(f"near-duplicates: {exc}; using duplicate_threshold={UNCALIBRATED} instead", stacklevel=3)
+        rule = Rule(accept=UNCALIBRATED, source=f"uncalibrated: {exc}")
+        return near_duplicates(table, items, rule, None), rule, None
+    rule = calibrate(pairs, precision)
+    keypoints = verify.KeypointCache(run_dir, embed_meta["image_dir"])
+    return near_duplicates(table, items, rule, keypoints), rule, pairs

@@ -1,0 +1,176 @@
+"""Geometric verification of near-duplicate candidates: do two pictures show the same
+object, seen through a crop, a mirror, a rotation, a resize or a new background?
+
+Each picture gets ORB keypoints (OpenCV; no weights), of itself and of its mirror image,
+computed on a copy whose longer side is ``SIDE`` px. Two pictures are matched with
+Lowe's ratio test, then RANSAC fits an affine map (rotation, scale, shear and aspect change);
+the count of matches that agree with it (``inliers``) is the evidence. Unrelated pictures
+agree on a handful by chance; copies on dozens to hundreds.
+
+Keypoints are cached under ``run_dir/keypoints/`` by the file's sha256, so a refresh only
+computes new images.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import images, runfolder
+
+SIDE = 512           # keypoints are found on a copy this long: copies at any size compare alike
+N_FEATURES = 1000    # ORB keypoints per picture
+FAST_THRESHOLD = 7   # corner contrast: lower than ORB's 20, so smooth pictures (renders, retinas) get keypoints too
+RATIO = 0.8          # Lowe's ratio test: best match clearly better than the second
+RANSAC_PX = 6.0      # reprojection error allowed, in SIDE-px pixels
+FLOOR = 0.5          # pairs less similar than this are never checked
+VERSION = 3          # bump when the keypoints change: the cache is named by it
+
+
+class Keypoints:
+    """Points (n, 2) and ORB descriptors (n, 32) of a picture and of its mirror image."""
+
+    def __init__(self, points, descriptors, mirror_points, mirror_descriptors):
+        self.points, self.descriptors = points, descriptors
+        self.mirror_points, self.mirror_descriptors = mirror_points, mirror_descriptors
+
+    @classmethod
+    def of(cls, picture) -> "Keypoints":
+        """From a PIL image or an RGB/gray uint8 array."""
+        import cv2
+
+        gray = _gray(picture)
+        orb = cv2.ORB_create(N_FEATURES, fastThreshold=FAST_THRESHOLD)
+        found = [_detect(orb, g) for g in (gray, np.ascontiguousarray(gray[:, ::-1]))]
+        return cls(*found[0], *found[1])
+
+    def save(self, path: Path) -> None:
+        with runfolder.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, points=self.points, descriptors=self.descriptors,
+                     mirror_points=self.mirror_points, mirror_descriptors=self.mirror_descriptors)
+
+    @classmethod
+    def load(cls, path: Path) -> "Keypoints":
+        with np.load(path) as f:
+            return cls(f["points"], f["descriptors"], f["mirror_points"], f["mirror_descriptors"])
+
+
+def _gray(picture) -> np.ndarray:
+    from PIL import Image
+
+    im = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+    im = images.to_rgb(im).convert("L")
+    scale = SIDE / max(im.size)
+    if scale < 1 or max(im.size) < SIDE // 2:  # small pictures are enlarged, so ORB has room
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+    return np.asarray(im)
+
+
+def _detect(orb, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    found, descriptors = orb.detectAndCompute(gray, None)
+    if descriptors is None or not found:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    return np.array([k.pt for k in found], np.float32), descriptors
+
+
+def inliers(a: Keypoints, b: Keypoints) -> int:
+    """Matches of ``a`` and ``b`` that one affine map explains, matched both ways (the
+    ratio test depends on which side has the clutter); b's mirror image is tried too."""
+    return max(_inliers(a.points, a.descriptors, b.points, b.descriptors),
+               _inliers(b.points, b.descriptors, a.points, a.descriptors),
+               _inliers(a.points, a.descriptors, b.mirror_points, b.mirror_descriptors),
+               _inliers(b.mirror_points, b.mirror_descriptors, a.points, a.descriptors))
+
+
+def _inliers(pa, da, pb, db) -> int:
+    import cv2
+
+    if len(da) < 3 or len(db) < 3:
+        return 0
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(da, db, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < 3:
+        return 0
+    src = pa[[m.queryIdx for m in good]]
+    dst = pb[[m.trainIdx for m in good]]
+    model, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX,
+                                       maxIters=2000, confidence=0.99, refineIters=0)
+    if model is None or mask is None:
+        return 0
+    return int(mask.sum()) if _plausible(model) else 0
+
+
+def _plausible(model: np.ndarray) -> bool:
+    """An affine map a copy could have gone through: no collapse, no extreme stretch."""
+    if not np.isfinite(model).all():
+        return False
+    singular = np.linalg.svd(model[:, :2], compute_uv=False)
+    return singular[1] > 0.2 and singular[0] / max(singular[1], 1e-9) < 3.0
+
+
+class KeypointCache:
+    """Keypoints of a run's images, kept in ``run_dir/keypoints/`` by sha256."""
+
+    def __init__(self, run_dir: str | Path, image_dir: str | Path):
+        self.folder = Path(run_dir) / runfolder.KEYPOINTS / f"v{VERSION}"
+        self.image_dir = Path(image_dir)
+        self.computed = 0
+        self._inliers: dict | None = None
+
+    def pair_inliers(self, pairs: list[tuple[str, str]], keypoints: dict) -> np.ndarray:
+        """``pair_inliers``, remembering every pair's count in the cache (a refresh matches
+        only new pairs)."""
+        known = self._known()
+        fresh = [p for p in dict.fromkeys(pairs) if p not in known]
+        if fresh:
+            known.update(zip(fresh, pair_inliers(fresh, keypoints).tolist()))
+            frame = pd.DataFrame([(a, b, n) for (a, b), n in known.items()], columns=["a", "b", "inliers"])
+            self.folder.mkdir(parents=True, exist_ok=True)
+            runfolder.write_table(self.folder / runfolder.INLIERS, frame)
+        return np.array([known[p] for p in pairs], np.int32)
+
+    def _known(self) -> dict:
+        if self._inliers is None:
+            path = self.folder / runfolder.INLIERS
+            try:
+                frame = pd.read_parquet(path) if path.exists() else None
+            except (OSError, ValueError):
+                frame = None  # a damaged cache: matched again
+            self._inliers = {} if frame is None else dict(zip(zip(frame["a"], frame["b"]), frame["inliers"]))
+        return self._inliers
+
+    def get(self, path: str, sha256: str) -> Keypoints | None:
+        """The image's keypoints, from the cache or computed (None: it cannot be read now)."""
+        file = self.folder / f"{sha256}.npz"
+        if file.exists():
+            try:
+                return Keypoints.load(file)
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache file is computed again
+        try:
+            found = Keypoints.of(images.open_image(self.image_dir / path))
+        except (images.ImageError, OSError):
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        found.save(file)
+        self.computed += 1
+        return found
+
+    def many(self, paths, hashes, workers: int = 2) -> dict[str, Keypoints | None]:
+        """Keypoints of many images (two threads: OpenCV releases the GIL), by sha256."""
+        wanted = dict(zip(hashes, paths))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            found = pool.map(lambda item: self.get(item[1], item[0]), wanted.items())
+            return dict(zip(wanted, found))
+
+
+def pair_inliers(pairs: list[tuple[str, str]], keypoints: dict) -> np.ndarray:
+    """Inlier counts of (sha_a, sha_b) pairs; 0 where either picture has no keypoints."""
+    out = np.zeros(len(pairs), np.int32)
+    for i, (a, b) in enumerate(pairs):
+        ka, kb = keypoints.get(a), keypoints.get(b)
+        if ka is not None and kb is not None:
+            out[i] = inliers(ka, kb)
+    return out
