@@ -19,9 +19,12 @@ import pandas as pd
 from . import edits, runfolder, verify
 
 CALIBRATION_SOURCES = 100   # catalog images that get edited copies
-CALIBRATION_CANDIDATES = 10  # each copy's nearest catalog images that it is paired with
+CALIBRATION_CANDIDATES = 3  # each copy's nearest catalog images that it is paired with
 NEAR_COPY = 0.97            # catalog images this close to a source are neither right nor wrong ...
-STRONG_MATCH = 20           # ... nor are those whose keypoints agree with it this well
+STRONG_MATCH = 40           # ... nor are those whose keypoints agree with it this well (different products: 99% below 25)
+SCENE_NEIGHBORS = 2         # background copies paired with other products' background copies
+ACCEPTABLE_INLIERS = 6      # below this and ...
+ACCEPTABLE_SIMILARITY = 0.8  # ... this, no rule calls a wrong pair a copy: not worth checking
 VERSION = 1                 # bump when the copies change
 
 
@@ -115,10 +118,37 @@ def calibration_pairs(run_dir: str | Path, embeddings: np.ndarray, items: pd.Dat
     inliers = np.full(len(pairs), -1, np.int32)
     inliers[check] = cache.pair_inliers(list(zip(checked["copy"].map(copy_sha), hashes[checked["row"]])), found)
     pairs["inliers"] = inliers
-    negatives = pairs[~pairs["positive"]]
+    # only a wrong pair a rule could accept needs the check: keypoints agreeing, or similar enough
+    negatives = pairs[~pairs["positive"] & ((pairs["inliers"] >= ACCEPTABLE_INLIERS)
+                                            | (pairs["similarity"] >= ACCEPTABLE_SIMILARITY))]
     held = cache.pair_inliers(list(zip(hashes[negatives["source"]], hashes[negatives["row"]])), found)
     already = negatives.index[held >= STRONG_MATCH]
-    return pairs.drop(index=already).drop(columns="source").reset_index(drop=True)
+    pairs = pd.concat([pairs.drop(index=already), _shared_scenes(copies, embeddings, hashes, copy_sha, found, cache)],
+                      ignore_index=True)
+    return pairs.drop(columns="source")
+
+
+def _shared_scenes(copies: dict, embeddings, hashes, copy_sha: dict, found: dict, cache) -> pd.DataFrame:
+    """Wrong pairs a catalog shot in scenes has: two products on the same background. Each
+    background copy with its ``SCENE_NEIGHBORS`` nearest background copies of other sources
+    (unless those sources are copies of each other)."""
+    columns = ["copy", "kind", "source", "row", "similarity", "positive", "inliers"]
+    swapped = np.flatnonzero(copies["kinds"] == "background")
+    if len(swapped) < 2:
+        return pd.DataFrame(columns=columns)
+    vectors, sources = copies["vectors"][swapped], copies["source_rows"][swapped]
+    sims = vectors @ vectors.T
+    sims[sources[:, None] == sources[None, :]] = -np.inf
+    take = min(SCENE_NEIGHBORS, len(swapped) - 1)
+    rows = [(q, o) for q in range(len(swapped)) for o in np.argsort(-sims[q])[:take] if np.isfinite(sims[q, o])]
+    source_pairs = [(hashes[sources[q]], hashes[sources[o]]) for q, o in rows]
+    near = np.array([float(embeddings[sources[q]] @ embeddings[sources[o]]) >= NEAR_COPY for q, o in rows], bool)
+    held = cache.pair_inliers(source_pairs, found) if rows else np.zeros(0, int)
+    keep = [r for r, h, n in zip(rows, held, near) if h < STRONG_MATCH and not n]
+    paths = copies["paths"][swapped]
+    inliers = cache.pair_inliers([(copy_sha[paths[q]], copy_sha[paths[o]]) for q, o in keep], found) if keep else []
+    return pd.DataFrame([(paths[q], "background", int(sources[q]), -1, float(sims[q, o]), False, int(n))
+                         for (q, o), n in zip(keep, inliers)], columns=columns)
 
 
 def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.DataFrame:

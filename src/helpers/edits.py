@@ -20,6 +20,7 @@ from . import images, runfolder, synthetic
 
 TRANSFORMS = ("crop", "flip", "downscale", "color", "jpeg", "rotate", "aspect", "background")
 SOURCE_MAX_SIDE = 1024  # benchmark copies of bigger images are shrunk: the model sees 224-260 px
+BACKGROUND_MAX_SIDE = 2048  # background photos are shrunk to this once (a zoomed region is used)
 
 
 def pick_sources(embeddings: np.ndarray, max_similarity: float = 0.9, limit: int | None = None,
@@ -69,7 +70,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     shutil.rmtree(out / "images", ignore_errors=True)  # images of an earlier, different benchmark
     (out / "images").mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    photo_backgrounds = images.list_images(backgrounds) if backgrounds else []
+    photo_backgrounds = _BackgroundPhotos(backgrounds)
     rows, turn = [], 0
     for g, rel in enumerate(paths):
         group = f"G{g:05d}"
@@ -156,7 +157,25 @@ def foreground_mask(im: Image.Image, tolerance: float = 30.0) -> np.ndarray:
     return ndimage.binary_opening(~outside, iterations=1)
 
 
-def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgrounds):
+class _BackgroundPhotos:
+    """The background photos of a folder, each decoded once and kept at most
+    ``BACKGROUND_MAX_SIDE`` px (wallpapers can be 4,000 px and slow to decode)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder) if folder else None
+        self.paths = images.list_images(folder) if folder else []
+        self._decoded: dict[str, Image.Image] = {}
+
+    def pick(self, rng) -> Image.Image:
+        path = self.paths[int(rng.integers(len(self.paths)))]
+        if path not in self._decoded:
+            photo = images.to_rgb(images.open_image(self.folder / path))  # ImageError: caller falls back
+            photo.thumbnail((BACKGROUND_MAX_SIDE, BACKGROUND_MAX_SIDE), Image.LANCZOS)
+            self._decoded[path] = photo
+        return self._decoded[path]
+
+
+def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgrounds: _BackgroundPhotos):
     w, h = source.size
     flat = images.to_rgb(source)
     if transform == "crop":
@@ -193,10 +212,9 @@ def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgr
     # background: the object, re-framed (60-100% size, anywhere), on a new background
     mask = Image.fromarray(foreground_mask(source).astype(np.uint8) * 255, "L")
     canvas = None
-    if photo_backgrounds:
-        path = photo_backgrounds[int(rng.integers(len(photo_backgrounds)))]
+    if photo_backgrounds.paths:
         try:
-            bg = images.to_rgb(images.open_image(Path(backgrounds) / path))
+            bg = photo_backgrounds.pick(rng)
             side = min(bg.size) * math.sqrt(rng.uniform(0.25, 0.6))  # a zoomed-in region of the photo
             left, top = rng.uniform(0, bg.width - side), rng.uniform(0, bg.height - side)
             canvas = bg.resize((w, h), Image.BICUBIC, box=(left, top, left + side, top + side))

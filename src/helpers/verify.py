@@ -21,12 +21,16 @@ import pandas as pd
 from . import images, runfolder
 
 SIDE = 512           # keypoints are found on a copy this long: copies at any size compare alike
-N_FEATURES = 1000    # ORB keypoints per picture
+N_FEATURES = 700     # ORB keypoints per picture (matching costs grow with the square)
 FAST_THRESHOLD = 7   # corner contrast: lower than ORB's 20, so smooth pictures (renders, retinas) get keypoints too
+CANDIDATES = 3       # corners found per keypoint kept, before spreading them ...
+GRID = 4             # ... over a GRID x GRID layout
 RATIO = 0.8          # Lowe's ratio test: best match clearly better than the second
 RANSAC_PX = 6.0      # reprojection error allowed, in SIDE-px pixels
+REVERSE_FROM = 3     # matched the other way too from this many inliers ...
+PLENTY = 60          # ... up to this many (no rule asks for more: duplicates.INLIER_STEPS)
 FLOOR = 0.5          # pairs less similar than this are never checked
-VERSION = 3          # bump when the keypoints change: the cache is named by it
+VERSION = 6          # bump when the keypoints change: the cache is named by it
 
 
 class Keypoints:
@@ -42,7 +46,7 @@ class Keypoints:
         import cv2
 
         gray = _gray(picture)
-        orb = cv2.ORB_create(N_FEATURES, fastThreshold=FAST_THRESHOLD)
+        orb = cv2.ORB_create(N_FEATURES * CANDIDATES, fastThreshold=FAST_THRESHOLD)
         found = [_detect(orb, g) for g in (gray, np.ascontiguousarray(gray[:, ::-1]))]
         return cls(*found[0], *found[1])
 
@@ -69,19 +73,40 @@ def _gray(picture) -> np.ndarray:
 
 
 def _detect(orb, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    found, descriptors = orb.detectAndCompute(gray, None)
+    found, descriptors = orb.compute(gray, _spread(orb.detect(gray, None), gray.shape))
     if descriptors is None or not found:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     return np.array([k.pt for k in found], np.float32), descriptors
 
 
+def _spread(found, shape) -> list:
+    """At most N_FEATURES keypoints, spread over a GRID x GRID layout: the strongest of each
+    cell first, so a busy background cannot take every keypoint from the product on it."""
+    if len(found) <= N_FEATURES:
+        return list(found)
+    h, w = shape
+    cell = [min(GRID - 1, int(k.pt[1] * GRID / h)) * GRID + min(GRID - 1, int(k.pt[0] * GRID / w)) for k in found]
+    order = np.argsort([-k.response for k in found], kind="stable")
+    quota, taken, chosen, rest = N_FEATURES // (GRID * GRID), np.zeros(GRID * GRID, int), [], []
+    for i in order:
+        if taken[cell[i]] < quota:
+            taken[cell[i]] += 1
+            chosen.append(found[i])
+        else:
+            rest.append(found[i])
+    return chosen + rest[:N_FEATURES - len(chosen)]
+
+
 def inliers(a: Keypoints, b: Keypoints) -> int:
-    """Matches of ``a`` and ``b`` that one affine map explains, matched both ways (the
-    ratio test depends on which side has the clutter); b's mirror image is tried too."""
-    return max(_inliers(a.points, a.descriptors, b.points, b.descriptors),
-               _inliers(b.points, b.descriptors, a.points, a.descriptors),
-               _inliers(a.points, a.descriptors, b.mirror_points, b.mirror_descriptors),
-               _inliers(b.mirror_points, b.mirror_descriptors, a.points, a.descriptors))
+    """Matches of ``a`` and ``b`` that one affine map explains; b's mirror image is tried too.
+    Matched from a to b, and also from b to a when that found some evidence but not plenty
+    (the ratio test depends on which side has the clutter)."""
+    best = max(_inliers(a.points, a.descriptors, b.points, b.descriptors),
+               _inliers(a.points, a.descriptors, b.mirror_points, b.mirror_descriptors))
+    if REVERSE_FROM <= best < PLENTY:
+        best = max(best, _inliers(b.points, b.descriptors, a.points, a.descriptors),
+                   _inliers(b.mirror_points, b.mirror_descriptors, a.points, a.descriptors))
+    return best
 
 
 def _inliers(pa, da, pb, db) -> int:
@@ -160,17 +185,24 @@ class KeypointCache:
 
     def many(self, paths, hashes, workers: int = 2) -> dict[str, Keypoints | None]:
         """Keypoints of many images (two threads: OpenCV releases the GIL), by sha256."""
+        import cv2
+
+        cv2.setNumThreads(1)  # our threads are the parallelism: OpenCV's own would oversubscribe
         wanted = dict(zip(hashes, paths))
         with ThreadPoolExecutor(max(1, workers)) as pool:
             found = pool.map(lambda item: self.get(item[1], item[0]), wanted.items())
             return dict(zip(wanted, found))
 
 
-def pair_inliers(pairs: list[tuple[str, str]], keypoints: dict) -> np.ndarray:
-    """Inlier counts of (sha_a, sha_b) pairs; 0 where either picture has no keypoints."""
-    out = np.zeros(len(pairs), np.int32)
-    for i, (a, b) in enumerate(pairs):
-        ka, kb = keypoints.get(a), keypoints.get(b)
-        if ka is not None and kb is not None:
-            out[i] = inliers(ka, kb)
-    return out
+def pair_inliers(pairs: list[tuple[str, str]], keypoints: dict, workers: int = 2) -> np.ndarray:
+    """Inlier counts of (sha_a, sha_b) pairs, in threads; 0 where either picture has no keypoints."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+    def count(pair) -> int:
+        ka, kb = keypoints.get(pair[0]), keypoints.get(pair[1])
+        return 0 if ka is None or kb is None else inliers(ka, kb)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return np.fromiter(pool.map(count, pairs, chunksize=64), np.int32, count=len(pairs))
