@@ -130,6 +130,7 @@ def cost(n_images: int, work: Path) -> None:
     start = time.perf_counter()
     again = neighbors.write_neighbors(run_dir, refresh=False)
     t03_again = time.perf_counter() - start
+    per_image, per_pair = unit_costs()
     extra = t03_auto - t03
     print(f"\n### Cost on {n_images:,} Fashion-MNIST images (112 px PNG)\n\nMachine: {machine()}\n")
     print("| step | seconds |\n|---|---|")
@@ -137,9 +138,29 @@ def cost(n_images: int, work: Path) -> None:
     print(f"| 03, default (calibrated rule + keypoint check) | {t03_auto:.1f} |")
     print(f"| 03 again (copies, keypoints and matches cached) | {t03_again:.1f} |")
     print(f"| added to 01 + 03 | {extra:.1f} s = {extra / (t01 + t03):.0%} |")
+    print(f"| keypoints per image (one thread) | {per_image * 1000:.1f} ms |")
+    print(f"| keypoint check per pair (two threads) | {per_pair * 1000:.2f} ms |")
     print(f"\nchecked pairs: {auto['verified_pairs']} verified of {auto['near_duplicate_pairs']} listed; "
           f"rule {auto['duplicate_rule']}; fixed threshold listed {fixed['near_duplicate_pairs']}; "
           f"again {again['near_duplicate_pairs']}")
+
+
+def unit_costs(n: int = 300) -> tuple[float, float]:
+    """Seconds per image for keypoints (one thread) and per checked pair (two threads), on
+    scikit-image's photos re-framed to 600-1600 px (``embed_throughput.make_images``)."""
+    from embed_throughput import make_images
+
+    from helpers import verify
+
+    photos = sorted(make_images(n, HERE / "cache" / "embed_images").glob("*.jpg"))[:n]
+    start = time.perf_counter()
+    found = {str(p): verify.Keypoints.of(images.open_image(p)) for p in photos}
+    per_image = (time.perf_counter() - start) / len(found)
+    names = list(found)
+    pairs = [(names[i], names[(i * 7 + 3) % len(names)]) for i in range(len(names))]
+    start = time.perf_counter()
+    verify.pair_inliers(pairs, found)
+    return per_image, (time.perf_counter() - start) / len(pairs)
 
 
 def main() -> None:

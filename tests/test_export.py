@@ -159,6 +159,11 @@ def _valid(value, spec):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "dense_vector":
         return len(value) == spec["dims"] and all(isinstance(x, float) for x in value)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "object":
+        return isinstance(value, dict) and set(value) <= set(spec["properties"]) and all(
+            _valid(v, spec["properties"][k]) for k, v in value.items())
     if kind == "nested":
         return isinstance(value, list) and all(
             set(v) <= set(spec["properties"]) and all(_valid(v[k], spec["properties"][k]) for k in v)

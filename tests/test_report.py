@@ -33,8 +33,12 @@ def test_report_and_notebooks_show_all_images_in_chromium(tiny_run, chromium, tm
     run_dir, _ = tiny_run
     images, broken = browser_image_count(chromium, run_dir / "report.html", tmp_path)
     assert images >= 1 and broken == 0  # the catalog map, inline
-    # 01: the first-look figure; 04: two grids (queries=2) and the catalog map
-    for name, expected in (("01_embed", 1), ("04_visual_grids", 3)):
+    # 01: the first-look figure; 04: two grids (queries=2), one per duplicate group and per
+    # cluster, and the two maps
+    drawn = len(list((run_dir / runfolder.GRIDS / runfolder.GROUP_GRIDS).glob("*.png"))) + \
+        len(list((run_dir / runfolder.GRIDS / runfolder.CLUSTER_GRIDS).glob("*.png")))
+    assert drawn >= 2  # at least a cluster grid each for the tiny run's clusters
+    for name, expected in (("01_embed", 1), ("04_visual_grids", 2 + drawn + 2)):
         images, broken = browser_image_count(chromium, run_dir / "notebooks" / f"{name}.html", tmp_path)
         assert images == expected and broken == 0, name
     # self-contained: copied alone elsewhere, the grids page still shows every picture

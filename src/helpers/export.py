@@ -229,7 +229,7 @@ def elasticsearch_mapping(dim: int) -> dict:
             "product_id": {"type": "keyword"},
             "rank": {"type": "integer"},
             "similarity": {"type": "float"}}},
-        "duplicate_group": {"properties": {
+        "duplicate_group": {"type": "object", "properties": {
             "group_id": {"type": "keyword"}, "keeper": {"type": "boolean"},
             "keeper_product_id": {"type": "keyword"}}},
         "embedding": {"type": "dense_vector", "dims": dim, "index": True, "similarity": "cosine"},

@@ -391,8 +391,8 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         idx, scores, searched, refreshed = _candidates(run_dir, embeddings, items, fetch, include_self,
                                                        backend, settings, rerank, can_refresh)
         table = table_from_candidates(embeddings, items, idx, k, level, min_similarity, include_self, scores)
-        previous = run_dir / runfolder.NEIGHBORS
-        changed = changed_masters(pd.read_parquet(previous), table) if previous.exists() else None
+        changed = changed_masters(pd.read_parquet(run_dir / runfolder.NEIGHBORS), table) \
+            if (run_dir / runfolder.NEIGHBORS).exists() else None
         parameters = {"k": k, "backend": backend, "index_params": settings, "level": level,
                       "include_self": include_self, "min_similarity": min_similarity,
                       "duplicate_threshold": duplicate_threshold, "duplicate_precision": duplicate_precision,
@@ -410,11 +410,16 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
             "items_searched": int(searched), "masters_with_changed_neighbors": changed,
             "seconds": round(time.perf_counter() - start, 3),
         }
-        stale = [] if keep_candidates else [runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS]
-        stale += [] if meta["duplicate_rule"]["source"] == "calibrated" else [runfolder.CALIBRATION_PAIRS]
-        stale += [] if meta["clusters"] else [runfolder.CLUSTERS]
-        staging.commit(meta, remove=tuple(stale))
+        staging.commit(meta, remove=_not_written(meta))
     return meta
+
+
+def _not_written(meta: dict) -> tuple:
+    """03's files this run did not write: an earlier run's copies would be stale."""
+    stale = [] if meta["candidates"] else [runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS]
+    stale += [] if meta["duplicate_rule"]["source"] == "calibrated" else [runfolder.CALIBRATION_PAIRS]
+    stale += [] if meta["clusters"] else [runfolder.CLUSTERS]
+    return tuple(stale)
 
 
 def _candidates(run_dir: Path, embeddings, items, fetch: int, include_self: bool, backend: str, settings: dict,
