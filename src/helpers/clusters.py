@@ -4,7 +4,8 @@
 components of the vectors, restricted to each image's ``GRAPH_NEIGHBORS`` nearest
 neighbours (so it scales and follows the catalog's own neighbourhoods). With
 ``n_clusters="auto"`` the tree is cut where the silhouette (cosine, on a sample) is best
-among ``AUTO_COUNTS``; on Fashion-MNIST it picks the 10 classes (docs/benchmarks.md).
+among ``AUTO_COUNTS`` (at least 5 clusters from 1,000 images); on Fashion-MNIST it picks
+the 10 classes (docs/benchmarks.md).
 
 **Map** (04): t-SNE (openTSNE) of the same principal components. On Fashion-MNIST
 it keeps a third of each image's 10 nearest neighbours among its 10 nearest on the map;
@@ -22,6 +23,8 @@ PCA_DIMS = 50
 GRAPH_NEIGHBORS = 10
 AUTO_COUNTS = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100)
 SILHOUETTE_SAMPLE = 3_000
+LARGE_CATALOG = 1_000
+FEWEST_LARGE = 5
 MAP_MAX_ITEMS = 50_000  # beyond this the map is drawn for a seeded sample of the images
 
 
@@ -58,8 +61,12 @@ def cluster(vectors: np.ndarray, n_clusters="auto", seed: int = 0) -> tuple[np.n
         warnings.simplefilter("ignore", UserWarning)
         children, _, _, _, distances = ward_tree(points, connectivity=graph, return_distance=True)
     tree = _linkage(children, distances, n)
-    # "auto": at least 10 images a cluster on average (the silhouette keeps rising towards n)
-    counts = [c for c in AUTO_COUNTS if c <= max(2, n // 10)] if n_clusters == "auto" else [min(int(n_clusters), n)]
+    # "auto": at least 10 images a cluster on average (the silhouette keeps rising towards n),
+    # and from LARGE_CATALOG images at least FEWEST_LARGE clusters (else it may split a
+    # catalog in two: tops and shoes, useless for browsing)
+    fewest = FEWEST_LARGE if n >= LARGE_CATALOG else 2
+    counts = [c for c in AUTO_COUNTS if fewest <= c <= max(2, n // 10)] or [2] if n_clusters == "auto" \
+        else [min(int(n_clusters), n)]
     scores = {c: _silhouette(points, fcluster(tree, c, "maxclust"), seed) for c in counts} \
         if n_clusters == "auto" else {}
     chosen = max(scores, key=scores.get) if scores else counts[0]

@@ -347,34 +347,21 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
                     rerank: str = "none", n_clusters="auto", backgrounds=None) -> dict:
     """Notebook 03's work: neighbour lists for the run's store, committed as one set of files
     (nearest_neighbors.json, neighbors.parquet, near_duplicates.csv, duplicate_groups.csv,
-    clusters.parquet, the calibration pairs, the candidate lists and neighbors_meta.json, the
-    record). Returns the record.
+    clusters.parquet, the calibration pairs, the candidate lists, the record neighbors_meta.json).
 
-    Near-duplicates (``helpers.duplicates``): ``duplicate_threshold="auto"`` calibrates the
-    rule on the catalog's own edited copies (background swaps on photos from ``backgrounds``,
-    default Debian's wallpapers when installed) to reach ``duplicate_precision``, and checks
-    the uncertain band with keypoints; a number is used as it is. Groups: ``helpers.groups``.
-    Clusters (``helpers.clusters``): ``n_clusters`` "auto" (by silhouette), a number, or None.
-
-    backend "auto": 02's recommendation (when measured on this store), else ``auto_choice``:
-    exact search up to 6,500 items, Annoy (AUTO_ANNOY) up to 100,000, then an HNSW graph, or
-    IVF-PQ when the graph would not fit in memory. Settings not given (``n_trees``,
-    ``search_k``, ``pca_dims`` for Annoy; ``index_params`` for any backend, e.g.
-    ``{"nprobe": 32}``, see ``index.PARAMETERS``) come from index_choice.json when it
-    recommends the same backend. ``refresh``: when few images changed since the last run of
-    the same options, update the saved lists instead of searching everything (results equal
-    a full search; not for a whitened run, whose whitening moves every vector).
-    ``query_expansion`` n > 0: every vector is replaced by the normalised sum of itself and
-    its n nearest neighbours before the search. ``rerank="diffusion"``: each product's first
-    ``diffusion.SHORTLIST`` images re-ordered by diffusion over their own neighbour graph
-    (``similarity`` stays the cosine). Neither can refresh. See docs/benchmarks.md.
+    Near-duplicates: ``duplicate_threshold="auto"`` calibrates the rule on the catalog's own
+    edited copies to reach ``duplicate_precision`` (``helpers.duplicates``; background swaps on
+    photos from ``backgrounds``); a number is used as it is. ``n_clusters``: ``helpers.clusters``.
+    backend "auto": 02's recommendation (when measured on this store), else ``auto_choice``
+    (exact up to 6,500 items, Annoy up to 100,000, then HNSW or IVF-PQ). Settings not given
+    (``n_trees``, ``search_k``, ``pca_dims``, ``index_params`` e.g. ``{"nprobe": 32}``) come
+    from index_choice.json when it recommends the same backend. ``refresh``: when few images
+    changed, update the saved lists (equal to a full search; not for a whitened run).
+    ``query_expansion`` n > 0: each vector averaged with its n nearest first;
+    ``rerank="diffusion"``: each list re-ordered by diffusion (``similarity`` stays the cosine).
+    Neither can refresh. See docs/benchmarks.md.
     """
-    from . import clusters, diffusion, duplicates
-
-    check_counts(k=k)
-    diffusion.check_rerank(rerank)
-    duplicates.check_threshold(duplicate_threshold, duplicate_precision)
-    clusters.check_n_clusters(n_clusters)
+    _check_parameters(k, rerank, duplicate_threshold, duplicate_precision, n_clusters)
     run_dir = Path(run_dir)
     with runfolder.lock(run_dir, "03_neighbors"):
         start = time.perf_counter()
@@ -412,6 +399,15 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         }
         staging.commit(meta, remove=_not_written(meta))
     return meta
+
+
+def _check_parameters(k, rerank, duplicate_threshold, duplicate_precision, n_clusters) -> None:
+    from . import clusters, diffusion, duplicates
+
+    check_counts(k=k)
+    diffusion.check_rerank(rerank)
+    duplicates.check_threshold(duplicate_threshold, duplicate_precision)
+    clusters.check_n_clusters(n_clusters)
 
 
 def _not_written(meta: dict) -> tuple:
@@ -461,4 +457,5 @@ def _stage_catalog_tidying(staging, run_dir: Path, table: pd.DataFrame, embeddin
         runfolder.write_table(staging.path(runfolder.CLUSTERS), clusters.cluster_table(items, labels))
     return {"near_duplicate_pairs": len(pairs), "duplicate_rule": rule.as_dict(),
             "duplicate_groups": int(found["group_id"].nunique()), "verified_pairs": int(pairs["verified"].sum()),
+            "unchecked_band_pairs": pairs.attrs.get("unchecked", 0),
             "duplicate_seconds": round(duplicate_seconds, 3), "clusters": clustered}
