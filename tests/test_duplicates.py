@@ -189,3 +189,17 @@ def test_calibration_sources_stay_put_when_the_catalog_grows():
                                             "productId": [f"P{i}" for i in range(500, 510)]})], ignore_index=True)
     second = set(grown["sha256"].to_numpy()[calibration.choose_sources(grown)])
     assert len(first) == calibration.CALIBRATION_SOURCES and len(first & second) >= calibration.CALIBRATION_SOURCES - 10
+
+
+def test_clusters_are_written_and_a_huge_catalog_is_not_clustered_by_auto(photo_run, monkeypatch):
+    from helpers import clusters
+
+    run_dir, meta = photo_run
+    table = pd.read_parquet(run_dir / runfolder.CLUSTERS)
+    assert len(table) == 36 and meta["clusters"]["n_clusters"] == table["cluster"].nunique()
+    monkeypatch.setattr(clusters, "AUTO_MAX_ITEMS", 10)
+    skipped = neighbors.write_neighbors(run_dir, k=10)
+    assert "n_clusters" in skipped["clusters"]["skipped"] and not (run_dir / runfolder.CLUSTERS).exists()
+    monkeypatch.undo()
+    neighbors.write_neighbors(run_dir, k=10)
+    assert (run_dir / runfolder.CLUSTERS).exists()

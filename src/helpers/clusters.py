@@ -25,7 +25,8 @@ AUTO_COUNTS = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100)
 SILHOUETTE_SAMPLE = 3_000
 LARGE_CATALOG = 1_000
 FEWEST_LARGE = 5
-MAP_MAX_ITEMS = 50_000  # beyond this the map is drawn for a seeded sample of the images
+MAP_MAX_ITEMS = 20_000  # beyond this the map is drawn for a seeded sample of the images (~3 min on 2 cores)
+AUTO_MAX_ITEMS = 200_000  # beyond this "auto" does not cluster (the tree grows with the catalog): give a number
 
 
 def check_n_clusters(n_clusters) -> None:

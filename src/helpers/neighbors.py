@@ -414,7 +414,7 @@ def _not_written(meta: dict) -> tuple:
     """03's files this run did not write: an earlier run's copies would be stale."""
     stale = [] if meta["candidates"] else [runfolder.CANDIDATES, runfolder.CANDIDATE_ITEMS]
     stale += [] if meta["duplicate_rule"]["source"] == "calibrated" else [runfolder.CALIBRATION_PAIRS]
-    stale += [] if meta["clusters"] else [runfolder.CLUSTERS]
+    stale += [] if meta["clusters"] and "skipped" not in meta["clusters"] else [runfolder.CLUSTERS]
     return tuple(stale)
 
 
@@ -452,7 +452,10 @@ def _stage_catalog_tidying(staging, run_dir: Path, table: pd.DataFrame, embeddin
     runfolder.write_table(staging.path(runfolder.DUPLICATE_GROUPS), found)
     duplicate_seconds = time.perf_counter() - started
     clustered = None
-    if parameters["n_clusters"] is not None:
+    if parameters["n_clusters"] == "auto" and len(items) > clusters.AUTO_MAX_ITEMS:
+        clustered = {"skipped": f"{len(items):,} images: more than clusters.AUTO_MAX_ITEMS; give n_clusters "
+                                "a number to cluster them"}
+    elif parameters["n_clusters"] is not None:
         labels, clustered = clusters.cluster(embeddings, parameters["n_clusters"])
         runfolder.write_table(staging.path(runfolder.CLUSTERS), clusters.cluster_table(items, labels))
     return {"near_duplicate_pairs": len(pairs), "duplicate_rule": rule.as_dict(),
