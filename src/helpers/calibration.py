@@ -25,7 +25,7 @@ STRONG_MATCH = 40           # ... nor are those whose keypoints agree with it th
 SCENE_NEIGHBORS = 2         # background copies paired with other products' background copies
 ACCEPTABLE_INLIERS = 6      # below this and ...
 ACCEPTABLE_SIMILARITY = 0.8  # ... this, no rule calls a wrong pair a copy: not worth checking
-VERSION = 1                 # bump when the copies change
+VERSION = 2                 # bump when the copies change
 
 
 class CalibrationError(RuntimeError):
@@ -42,7 +42,7 @@ def choose_sources(items: pd.DataFrame, n: int = CALIBRATION_SOURCES, seed: int 
 
 def edited_copies(run_dir: Path, items: pd.DataFrame, embed_meta: dict, backgrounds: Path | None,
                   seed: int = 0) -> dict:
-    """{"vectors", "source_rows", "kinds", "paths", "folder"} of the calibration copies, made
+    """{"vectors", "source_rows", "kinds", "paths", "sha256", "folder"} of the calibration copies, made
     and embedded now unless the saved ones were made for the same options and sources."""
     rows = choose_sources(items, seed=seed)
     options = embed_meta["options"]
@@ -55,7 +55,8 @@ def edited_copies(run_dir: Path, items: pd.DataFrame, embed_meta: dict, backgrou
     if saved.exists():
         with np.load(saved, allow_pickle=False) as f:
             if str(f["key"]) == key:
-                return {name: f[name] for name in ("vectors", "source_rows", "kinds", "paths")} | {"folder": folder}
+                return {name: f[name] for name in ("vectors", "source_rows", "kinds", "paths", "sha256")} \
+                    | {"folder": folder}
     copies = _make(run_dir, folder, items, rows, embed_meta, backgrounds, seed)
     with runfolder.atomic_path(saved) as tmp, open(tmp, "wb") as f:
         np.savez(f, key=key, **copies)
@@ -94,7 +95,8 @@ def _make(run_dir: Path, folder: Path, items: pd.DataFrame, rows: np.ndarray, em
     dim = int(embed_meta.get("dim") or model.dim)
     return {"vectors": np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
             "source_rows": labels["source"].map(row_of).to_numpy(np.int64),
-            "kinds": labels["transform"].to_numpy(str), "paths": np.array(kept, dtype=str)}
+            "kinds": labels["transform"].to_numpy(str), "paths": np.array(kept, dtype=str),
+            "sha256": np.array(_hashes(folder, kept), dtype=str)}  # hashed once, with the copies
 
 
 def calibration_pairs(run_dir: str | Path, embeddings: np.ndarray, items: pd.DataFrame, embed_meta: dict,
@@ -110,7 +112,7 @@ def calibration_pairs(run_dir: str | Path, embeddings: np.ndarray, items: pd.Dat
     check = pairs["similarity"].to_numpy() >= verify.FLOOR
     cache = verify.KeypointCache(run_dir, embed_meta["image_dir"])
     paths, hashes = items["path"].to_numpy(), items["sha256"].to_numpy()
-    copy_sha = dict(zip(copies["paths"], _hashes(copies["folder"], copies["paths"])))
+    copy_sha = dict(zip(copies["paths"], copies["sha256"]))
     rows = np.unique(np.concatenate([pairs.loc[check, "row"], pairs["source"]]))
     found = cache.many(paths[rows].tolist(), hashes[rows].tolist())
     found |= verify.KeypointCache(run_dir, copies["folder"]).many(list(copy_sha), list(copy_sha.values()))
