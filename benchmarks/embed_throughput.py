@@ -1,4 +1,4 @@
-"""Embedding throughput: reference-style loop vs our pipeline vs the model alone.
+"""Embedding throughput: reference-style loop vs our pipeline vs the model alone, and the bound.
 
     .venv/bin/python benchmarks/embed_throughput.py [--n-images 1000] [--model efficientnet-lite0]
 
@@ -6,15 +6,23 @@ All in one process, on the same images and the same model, so the ratios hold on
 shared machine:
   (a) the reference: one image per forward pass (tf.io decode_jpeg + resize_with_pad),
       one text file per vector (np.savetxt);
-  (b) our pipeline: helpers.embed.embed_folder with the default options, for each model runtime,
-      with precision="int8", and without the outline (hog_weight=0);
-  (c) the model alone on pre-decoded uint8 tensors, for each runtime (and int8) and a few batch sizes.
-(b) and (c) are steady-state rates: the one-off TFLite conversion counts as model loading.
-Also the bound (d) decode + resize on all cores with 01's decoder, then 1 / (1/d + 1/m) with m
-the best model-only rate: what the two stages sharing the cores allow, and (b) as a fraction
-of it. And the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh process.
-Images: photos from scikit-image re-framed and re-sized to typical product-photo sizes
-(600-1600 px), saved as JPEG q85 under benchmarks/cache/ (made once).
+  (b) our pipeline: helpers.embed.embed_folder with the default options (precision "auto":
+      int8 where the CPU has VNNI or AMX) and with float32; and, for both, the local engine as
+      it was before issue 24 ("before": decode threads feeding one model on every core). Each
+      with the cores' idle fraction (1 - process CPU time / (wall time x cores));
+  (c) the model alone on pre-decoded uint8 tensors: the default's feature-map function, as one
+      interpreter on every core and as one single-thread interpreter per core side by side;
+      TF, and OpenVINO (float32; bf16 where the CPU has it) when the package is installed;
+  (d) decode + resize of the same files on all cores, for Pillow (draft mode + bilinear, 01's
+      decoder), simplejpeg (libjpeg-turbo DCT-scaled) + OpenCV INTER_AREA, and OpenCV's
+      reduced imdecode + INTER_AREA, at equal output (the same 224-px centre crop), with each
+      one's mean pixel difference to Pillow's.
+The bound is 1 / (1/d + 1/m), d the best decoder's rate and m the best engine's (same
+precision as the pipeline): what the two stages sharing the cores allow; (b) is given as a
+fraction of it. (b) and (c) are steady-state rates: the one-off TFLite conversion counts as
+model loading. And the peak RSS of embed_folder at 2k vs 10k images (--rss), each in a fresh
+process. Images: photos from scikit-image re-framed and re-sized to typical product-photo
+sizes (600-1600 px), saved as JPEG q85 under benchmarks/cache/ (made once).
 """
 from __future__ import annotations
 
@@ -98,17 +106,8 @@ def reference_loop(module, files: list[Path], out_dir: Path) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def model_alone(model, pixels: np.ndarray, batch: int) -> float:
-    model.embed(pixels[:batch])  # warm-up (graph tracing, allocations)
-    start = time.perf_counter()
-    for i in range(0, len(pixels), batch):
-        model.embed(pixels[i:i + batch])
-    return len(pixels) / (time.perf_counter() - start)
-
-
 def throughput(n_images: int, model_handle: str) -> dict:
     from helpers import images
-    from helpers.embed import embed_folder
     from helpers.models import load_model
 
     folder = make_images(n_images, CACHE / "embed_images")
@@ -118,69 +117,218 @@ def throughput(n_images: int, model_handle: str) -> dict:
         sub.mkdir()
         for f in files:  # exactly n images in their own folder
             (sub / f.name).symlink_to(f)
-        tf_model = load_model(model_handle, "tf")
-        lite_model = load_model(model_handle, "tflite")
-        int8_model = load_model(model_handle, "tflite", precision="int8")
-        size = tf_model.image_size
         results = {"machine": machine(), "n_images": len(files), "model": model_handle}
-
         (Path(tmp) / "txt").mkdir()
-        results["a_reference_loop"] = reference_loop(tf_model._fn, files, Path(tmp) / "txt")
-
-        # the default embedding options (GeM + the outline), and once without the outline
-        for runtime, precision, outline in (("tf", "float32", True), ("tflite", "float32", True),
-                                            ("tflite", "int8", True), ("tflite", "float32", False)):
-            options = {} if outline else {"hog_weight": 0.0}
-            meta = embed_folder(sub, Path(tmp) / f"run_{runtime}_{precision}_{outline}", model_handle=model_handle, links="all",
-                                runtime=runtime, precision=precision, batch_size=32, progress=False, **options)
-            name = (runtime if precision == "float32" else precision) + ("" if outline else "_no_outline")
-            results[f"b_pipeline_{name}_batch32"] = meta["images_per_second"]
-
+        results["a_reference_loop"] = reference_loop(load_model(model_handle, "tf")._fn, files, Path(tmp) / "txt")
+        pipelines(sub, Path(tmp), model_handle, results)
+        size = load_model(model_handle, "tflite").image_size
         pixels = np.stack([images.decode_image(f.read_bytes(), size)[0] for f in files[:256]])
-        start = time.perf_counter()
-        for f in files[:200]:
-            images.decode_image(f.read_bytes(), size)
-        results["decode_ms_per_image_one_thread"] = 1000 * (time.perf_counter() - start) / 200
-        results["d_decode_all_cores"] = decode_rate_all_cores(files, size)
-        for batch in (1, 8, 32, 64):
-            results[f"c_model_tf_batch{batch}"] = model_alone(tf_model, pixels, batch)
-            results[f"c_model_tflite_batch{batch}"] = model_alone(lite_model, pixels, batch)
-            results[f"c_model_int8_batch{batch}"] = model_alone(int8_model, pixels, batch)
-        for name, fn in (("tflite", lite_model.embed), ("int8", int8_model.embed)):
-            # pooled vectors of the same pictures, for the cosine of int8 to float32
-            results[f"vectors_{name}"] = fn(pixels)
-    float_b = max(v for k, v in results.items() if k.startswith("b_") and "int8" not in k and "no_outline" not in k)
-    float_c = max(v for k, v in results.items() if k.startswith("c_") and "int8" not in k)
-    int8_c = max(v for k, v in results.items() if k.startswith("c_model_int8"))
-    results["ratio_b_over_a"] = float_b / results["a_reference_loop"]
-    results["ratio_b_over_best_c"] = float_b / float_c
-    results["ratio_b_int8_over_a"] = results["b_pipeline_int8_batch32"] / results["a_reference_loop"]
-    results["ratio_b_int8_over_b_float32"] = results["b_pipeline_int8_batch32"] / float_b
-    results["ratio_b_over_b_no_outline"] = results["b_pipeline_tflite_batch32"] / results["b_pipeline_tflite_no_outline_batch32"]
-    results["ratio_c_int8_over_c_float32"] = int8_c / float_c
-    for name, model_rate, pipeline in (("float32", float_c, float_b), ("int8", int8_c, results["b_pipeline_int8_batch32"])):
-        bound = 1 / (1 / results["d_decode_all_cores"] + 1 / model_rate)
-        results[f"bound_{name}"], results[f"b_over_bound_{name}"] = bound, pipeline / bound
-    a, b = results.pop("vectors_tflite"), results.pop("vectors_int8")
+        engines(pixels, model_handle, results)
+        decoders(files, size, results)
+    return summarise(results)
+
+
+def summarise(results: dict) -> dict:
+    """The ratios: (b)/(a), (b)/bound per precision, int8's cosine to float32."""
+    d = max(v for k, v in results.items() if k.startswith("d_decode_"))
+    results["d_best_decoder"] = d
+    for name in ("default", "float32"):
+        precision = results[f"precision_{name}"]
+        m = max(v for k, v in results.items() if k.startswith(f"c_model_tflite_{precision}_"))
+        bound = 1 / (1 / d + 1 / m)
+        results[f"bound_{name}"] = bound
+        results[f"b_over_bound_{name}"] = results[f"b_pipeline_{name}"] / bound
+        results[f"before_over_bound_{name}"] = results[f"b_before_{name}"] / bound
+        results[f"b_over_a_{name}"] = results[f"b_pipeline_{name}"] / results["a_reference_loop"]
+        results[f"b_over_before_{name}"] = results[f"b_pipeline_{name}"] / results[f"b_before_{name}"]
+    results["b_default_over_b_float32"] = results["b_pipeline_default"] / results["b_pipeline_float32"]
+    a, b = results.pop("vectors_float32"), results.pop("vectors_int8")
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     results["int8_cosine_to_float32_mean"], results["int8_cosine_to_float32_min"] = float(cosine.mean()), float(cosine.min())
     return results
 
 
-def decode_rate_all_cores(files: list[Path], size: int) -> float:
-    """Images per second read, hashed, decoded and resized by 01's decoder on every core."""
+def model_alone(fn, pixels: np.ndarray, batch: int = 32, workers: int = 1) -> float:
+    """Images/s of ``fn(batch)`` on pre-decoded pictures, from ``workers`` threads side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fn, [pixels[:2]] * workers))  # warm-up: tracing, allocations, one interpreter each
+        start = time.perf_counter()
+        list(pool.map(fn, chunks))
+    return len(pixels) / (time.perf_counter() - start)
+
+
+def busy(run) -> tuple[object, float]:
+    """``run()``'s result and the idle fraction of the cores while it ran."""
     import os
+
+    before, start = os.times(), time.perf_counter()
+    out = run()
+    after, wall = os.times(), time.perf_counter() - start
+    cpu = (after.user - before.user) + (after.system - before.system)
+    return out, max(0.0, 1 - cpu / (wall * (os.cpu_count() or 1)))
+
+
+def before_pipeline(folder: Path, options, batch_size: int = 32) -> float:
+    """Images/s of 01's local engine before issue 24: decode threads (one per core) feeding
+    batches to one model on every core, in the main thread."""
+    import os
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from helpers.decode import read_and_decode
 
-    def one(f):
-        return read_and_decode(f.parent, f.name, size, "crop", 10 ** 9)
+    model = options.embedder().warm_up()
+    paths = sorted(p.name for p in folder.iterdir())
+    workers = os.cpu_count() or 1
+    start, batch = time.perf_counter(), []
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(read_and_decode, folder, p, model.image_size, options.resize,
+                                    options.max_pixels) for p in paths[:64])
+        todo = iter(paths[64:])
+        while pending:
+            batch.append(pending.popleft().result().pixels)
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(read_and_decode, folder, nxt, model.image_size, options.resize,
+                                           options.max_pixels))
+            if len(batch) == batch_size or not pending:
+                model(np.stack(batch))
+                batch.clear()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def pipelines(sub: Path, tmp: Path, model_handle: str, results: dict) -> None:
+    """(b): 01 now and before, default precision and float32, each with its idle fraction."""
+    from helpers.embed import embed_folder
+    from helpers.options import EmbeddingOptions
+
+    for precision in ("auto", "float32"):
+        options = EmbeddingOptions(model_handle=model_handle, precision=precision)
+        name = "default" if precision == "auto" else "float32"
+        results[f"precision_{name}"] = options.precision
+        meta, results[f"idle_b_{name}"] = busy(lambda: embed_folder(
+            sub, tmp / f"run_{name}", options, links="all", batch_size=32, progress=False))
+        results[f"b_pipeline_{name}"] = meta["images_per_second"]
+        results[f"b_before_{name}"], results[f"idle_before_{name}"] = busy(lambda: before_pipeline(sub, options))
+    options = EmbeddingOptions(model_handle=model_handle, hog_weight=0.0)
+    results["b_pipeline_default_no_outline"] = embed_folder(
+        sub, tmp / "run_no_outline", options, links="all", batch_size=32, progress=False)["images_per_second"]
+
+
+def engines(pixels: np.ndarray, model_handle: str, results: dict) -> None:
+    """(c): the model alone, per engine and precision, on the default's function."""
+    import os
+
+    from helpers.models import load_model
+
+    cores = os.cpu_count() or 1
+    tf_model = load_model(model_handle, "tf")
+    fn = "feature_map" if tf_model.has_feature_map else "embed"
+    results["c_model_tf"] = model_alone(getattr(tf_model, fn), pixels)
+    for precision in ("float32", "int8"):
+        shared = load_model(model_handle, "tflite", precision=precision)
+        per_core = load_model(model_handle, "tflite", precision=precision, threads=1)
+        results[f"c_model_tflite_{precision}_one_on_all_cores"] = model_alone(getattr(shared, fn), pixels)
+        results[f"c_model_tflite_{precision}_one_per_core"] = model_alone(getattr(per_core, fn), pixels,
+                                                                          workers=cores)
+        results[f"vectors_{precision}"] = shared.embed(pixels)
+    results.update(openvino_rates(shared, fn, pixels))
+
+
+def openvino_rates(model, fn: str, pixels: np.ndarray) -> dict:
+    """OpenVINO on the float32 TFLite file of the same function (f32, and bf16 where the CPU
+    has AVX512_BF16 or AMX), throughput hint; {} when openvino is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    from helpers.models import cpu_flags, tflite_cache_path
+
+    core = ov.Core()
+    path = tflite_cache_path(model.location, "feature_map" if fn == "feature_map" else "pooled",
+                             model.image_size, "float32")
+    hints = {"f32": "f32"}
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        hints["bf16"] = "bf16"
+    out = {}
+    x = pixels.astype(np.float32) / 255
+    for name, precision in hints.items():
+        compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
+                                                         "INFERENCE_PRECISION_HINT": precision})
+        queue = ov.AsyncInferQueue(compiled)
+        for picture in x[:8]:
+            queue.start_async({0: picture[None]})
+        queue.wait_all()
+        start = time.perf_counter()
+        for picture in x:
+            queue.start_async({0: picture[None]})
+        queue.wait_all()
+        out[f"c_model_openvino_{name}"] = len(x) / (time.perf_counter() - start)
+    return out
+
+
+def decoders(files: list[Path], size: int, results: dict) -> None:
+    """(d): decode + resize on all cores (read and hashed too), per decoder, at equal output."""
+    from helpers.decode import read_and_decode
+
+    def pillow(f: Path) -> np.ndarray:
+        return read_and_decode(f.parent, f.name, size, "crop", 10 ** 9).pixels
+
+    candidates = {"pillow": pillow}
+    try:
+        import cv2
+        import simplejpeg
+    except ImportError:
+        pass
+    else:
+        candidates["simplejpeg_cv2"] = lambda f: _fast_decode(f, size, cv2, simplejpeg)
+        candidates["cv2"] = lambda f: _fast_decode(f, size, cv2, None)
+    reference = [pillow(f) for f in files[:100]]
+    for name, fn in candidates.items():
+        results[f"d_decode_{name}"] = decode_rate_all_cores(files, fn)
+        diff = [np.abs(fn(f).astype(int) - r).mean() for f, r in zip(files[:100], reference)]
+        results[f"d_pixel_difference_to_pillow_{name}"] = float(np.mean(diff))
+
+
+def _fast_decode(f: Path, size: int, cv2, simplejpeg) -> np.ndarray:
+    """Read, hash, DCT-scaled decode (shorter side >= size / 0.875) and INTER_AREA centre crop."""
+    import hashlib
+
+    from helpers.images import CROP_FRACTION
+
+    data = f.read_bytes()
+    hashlib.sha256(data).hexdigest()
+    if simplejpeg is not None:
+        w, h = simplejpeg.decode_jpeg_header(data)[:2]
+        scale = size / CROP_FRACTION / min(w, h)
+        rgb = simplejpeg.decode_jpeg(data, "RGB", min_width=int(np.ceil(w * scale)),
+                                     min_height=int(np.ceil(h * scale)))
+    else:
+        buffer = np.frombuffer(data, np.uint8)
+        header = cv2.imdecode(buffer, cv2.IMREAD_REDUCED_GRAYSCALE_8)  # cheap: the size / 8
+        shorter = min(header.shape) * 8
+        flag = next((flag for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                                               (2, cv2.IMREAD_REDUCED_COLOR_2))
+                     if shorter / factor >= size / CROP_FRACTION), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(cv2.imdecode(buffer, flag), cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    side = int(round(min(w, h) * CROP_FRACTION))
+    top, left = (h - side) // 2, (w - side) // 2
+    return cv2.resize(rgb[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def decode_rate_all_cores(files: list[Path], decode) -> float:
+    """Images per second through ``decode(file)`` on every core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        list(pool.map(one, files[:64]))  # warm the file cache
+        list(pool.map(decode, files[:64]))  # warm the file cache
         start = time.perf_counter()
-        list(pool.map(one, files))
+        list(pool.map(decode, files))
     return len(files) / (time.perf_counter() - start)
 
 
@@ -197,7 +345,7 @@ with tempfile.TemporaryDirectory() as tmp:
     sub = Path(tmp) / "images"; sub.mkdir()
     for f in sorted(folder.glob("*.jpg"))[:{n_images}]:
         (sub / f.name).symlink_to(f)
-    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, runtime="tflite", links="all", progress=False)
+    embed_folder(sub, Path(tmp) / "run", model_handle={model_handle!r}, links="all", progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -53,6 +53,8 @@ ND_OPTIONS_ALL = [
     ("gem + diffusion", dict(pooling="gem"), {"rerank": "diffusion"}),
     ("efficientnet-lite2, gem", dict(model_handle="efficientnet-lite2", pooling="gem"), {}),
     ("gem, int8", dict(pooling="gem", precision="int8"), {}),
+    ("gem + hog_weight 0.5, float32", dict(pooling="gem", hog_weight=0.5, precision="float32"), {}),
+    ("gem + hog_weight 0.5, int8", dict(pooling="gem", hog_weight=0.5, precision="int8"), {}),
 ]
 ND_OPTIONS = ND_OPTIONS_ALL
 SCENE_OPTIONS = [row for row in ND_OPTIONS_ALL
@@ -80,6 +82,8 @@ FM_OPTIONS = [
     ("efficientnet-lite2, gem, crop", dict(model_handle="efficientnet-lite2", pooling="gem", resize="crop"), {}),
     ("gem, crop, int8", dict(pooling="gem", resize="crop", precision="int8"), {}),
     ("gem, squash, int8", dict(pooling="gem", resize="squash", precision="int8"), {}),
+    ("gem, crop + hog_weight 0.5, float32", dict(pooling="gem", resize="crop", hog_weight=0.5, precision="float32"), {}),
+    ("gem, crop + hog_weight 0.5, int8", dict(pooling="gem", resize="crop", hog_weight=0.5, precision="int8"), {}),
 ]
 
 

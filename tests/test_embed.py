@@ -215,3 +215,17 @@ def test_a_run_that_embeds_nothing_says_why(tmp_path):
     with pytest.raises(NothingEmbeddedError, match=r"none of the 2 image files.*skipped.csv.*empty file \(0 bytes\) \(1\)"):
         embed_folder(bad, tmp_path / "run_bad", progress=False)
     assert sorted(store.load_skipped(tmp_path / "run_bad")["path"]) == ["a.jpg", "b.png"]
+
+
+def test_any_number_of_workers_gives_the_same_store(hostile_run, hostile_dir, tmp_path):
+    """The local engine's workers each decode and embed whole batches with their own
+    interpreter: one worker, three, and batches of two give identical stores and reasons."""
+    run_dir, _ = hostile_run
+    expected, items, _ = store.load_store(run_dir)
+    for workers, batch_size in ((1, 32), (3, 2)):
+        other = tmp_path / f"run_{workers}_{batch_size}"
+        embed_folder(hostile_dir, other, workers=workers, batch_size=batch_size, progress=False)
+        vectors, other_items, _ = store.load_store(other)
+        assert other_items["path"].tolist() == items["path"].tolist()
+        np.testing.assert_array_equal(vectors, expected)
+        assert store.load_skipped(other).equals(store.load_skipped(run_dir))

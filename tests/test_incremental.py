@@ -83,10 +83,12 @@ def test_another_model_or_resize_never_mixes_vectors(catalog_dir, tmp_path):
     assert padded["previous_store"].startswith("replaced")
     embed_folder(catalog_dir, tmp_path / "pad", resize="pad", progress=False)
     assert_same_store(tmp_path / "run", tmp_path / "pad")
-    quantised = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision="int8", progress=False)
-    assert quantised["n_reused"] == 0 and quantised["previous_store"].startswith("replaced")
-    assert quantised["precision"] == "int8"
-    outlined = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision="int8", hog_weight=1.0,
+    # the default precision is this machine's ("auto"); the other one is other vectors
+    other = "float32" if padded["precision"] == "int8" else "int8"
+    quantised = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision=other, progress=False)
+    assert quantised["n_reused"] == 0 and quantised["precision"] == other
+    assert quantised["previous_store"] == f"replaced: other embedding options (precision {padded['precision']} -> {other})"
+    outlined = embed_folder(catalog_dir, tmp_path / "run", resize="pad", precision=other, hog_weight=1.0,
                             progress=False)
     assert outlined["n_reused"] == 0 and outlined["previous_store"].startswith("replaced")
     assert outlined["dim"] == 1280 + HOG_DIM and store.load_store(tmp_path / "run")[0].shape == (24, 1280 + HOG_DIM)

@@ -162,3 +162,32 @@ def test_tflite_conversions_are_cached_on_disk(tmp_path, monkeypatch):
 def test_unknown_runtime():
     with pytest.raises(ValueError, match="runtime="):
         models.load_model("efficientnet-lite0", runtime="onnx")
+
+
+def test_auto_precision_is_chosen_by_cpu_feature():
+    """int8 where the CPU has 8-bit dot products (VNNI, AMX), for the bundled models only."""
+    lite = "efficientnet-lite0"
+    assert models.resolve_precision("auto", lite, {"avx2", "avx512f", "avx512_vnni"}) == "int8"  # AMD EPYC
+    assert models.resolve_precision("auto", lite, {"avx2", "amx_int8", "amx_bf16"}) == "int8"    # Intel with AMX
+    assert models.resolve_precision("auto", lite, {"avx2", "fma"}) == "float32"                 # no VNNI
+    assert models.resolve_precision("auto", "/models/my_savedmodel", {"avx512_vnni"}) == "float32"
+    assert models.resolve_precision("float32", lite, {"avx512_vnni"}) == "float32"
+    from helpers.options import EmbeddingOptions
+
+    here = models.resolve_precision("auto", lite, models.cpu_flags())
+    assert EmbeddingOptions().precision == here  # resolved once, recorded as what ran
+    assert EmbeddingOptions.of({"precision": "float32"}).precision == "float32"  # a store's record wins
+
+
+def test_threads_run_their_own_interpreters_with_the_same_vectors():
+    """01's workers call one model from several threads at once: each gets its own
+    interpreter, and every thread's vectors equal the one-thread vectors exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pixels = reference_inputs(224)
+    model = models.load_model("efficientnet-lite0", precision="int8", threads=1)
+    alone = model.feature_map(pixels)
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: model.feature_map(pixels), range(6)))
+    for fmap in together:
+        np.testing.assert_array_equal(fmap, alone)

@@ -5,7 +5,6 @@ hands back for some of the files.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,23 +59,6 @@ def read_and_decode(root: Path, rel_path: str, size: int, resize: str, max_pixel
     except Exception as exc:  # a decoder bug on one hostile file must not stop the run
         return Decoded(rel_path, sha256=digest, reason=f"unexpected decoder error ({type(exc).__name__}: {exc})")
     return Decoded(rel_path, pixels, digest, w, h)
-
-
-def decoded_stream(root: Path, paths: list[str], size: int, resize: str, max_pixels: int,
-                   workers: int, prefetch: int):
-    """Yield ``Decoded`` in path order, keeping at most ``prefetch`` files in flight."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        todo = iter(paths)
-        for rel in todo:
-            pending.append(pool.submit(read_and_decode, root, rel, size, resize, max_pixels))
-            if len(pending) >= prefetch:
-                break
-        while pending:
-            yield pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(read_and_decode, root, nxt, size, resize, max_pixels))
 
 
 def hash_files(root: Path, paths: list[str], workers: int) -> list[str | None]:

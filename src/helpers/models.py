@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,11 @@ RUNTIMES = ("auto", "tf", "tflite")
 # "int8": weights and activations quantised by TFLite (calibrated on ``synthetic.calibration_images``):
 # about 2x the model's speed here (AVX-512 VNNI), vectors at cosine ~0.98 to float32's, the same
 # benchmark figures (docs/benchmarks.md). Other vectors than float32's, so a store never mixes them.
-PRECISIONS = ("float32", "int8")
+# "auto" (EmbeddingOptions' default) resolves once, when the options are made: see resolve_precision.
+PRECISIONS = ("auto", "float32", "int8")
+# CPU flags of 8-bit dot-product instructions, where int8 was measured to win (AMD: AVX-512 VNNI;
+# Intel: VNNI and AMX). Chosen by feature, never by machine name.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 TFLITE_MICRO_BATCH = 1
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
 CONVERSION_VERSION = 2
@@ -50,6 +55,26 @@ _LITE_STAGES = [
     (1, 3, 1, 6, 192, 320),
 ]
 _BN_EPS = 1e-3
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
+def resolve_precision(precision: str, model_handle: str, flags: set[str] | None = None) -> str:
+    """What "auto" means on this machine: int8 for a bundled model when the CPU has 8-bit
+    dot products (INT8_FLAGS), else float32. int8 runs the bundled models 1.4-2x faster with
+    retrieval figures within 0.005 of float32's (docs/benchmarks.md, issue 24); other models'
+    int8 quality is unmeasured, so they stay float32."""
+    if precision != "auto":
+        return precision
+    flags = cpu_flags() if flags is None else flags
+    return "int8" if model_handle in EFFICIENTNET_LITE and flags & set(INT8_FLAGS) else "float32"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -77,20 +102,25 @@ class FeatureExtractor:
     threads: int | None = None  # TFLite threads (None: every core); one Ray worker takes one
     location: str = ""  # the folder or URL the module was loaded from: names its cached conversions
     _converted: dict = field(default_factory=dict)
+    _converting: threading.Lock = field(default_factory=threading.Lock)  # threads share one conversion
 
     def _run(self, name: str, fn: Callable, images: np.ndarray) -> np.ndarray:
-        if self.runtime == "tflite" and name not in self._converted:
-            try:
-                cache_as = tflite_cache_path(self.location, name, self.image_size, self.precision)
-                self._converted[name] = _tflite_function(fn, self.module, self.image_size, self.threads,
-                                                         self.precision, cache_as)
-            except Exception as exc:
-                if not self.fallback:
-                    raise ModelUnavailableError(f"{self.handle}: TFLite conversion failed ({exc}); "
-                                                "use runtime='tf'") from exc
-                self.runtime = "tf"
+        with self._converting:
+            if self.runtime == "tflite" and name not in self._converted:
+                self._convert_function(name, fn)
         x = np.asarray(images, dtype=np.float32) * np.float32(1.0 / 255.0)  # hub modules take [0, 1]
         return np.asarray(self._converted.get(name, fn)(x), dtype=np.float32)
+
+    def _convert_function(self, name: str, fn: Callable) -> None:
+        try:
+            cache_as = tflite_cache_path(self.location, name, self.image_size, self.precision)
+            self._converted[name] = _tflite_function(fn, self.module, self.image_size, self.threads,
+                                                     self.precision, cache_as)
+        except Exception as exc:
+            if not self.fallback:
+                raise ModelUnavailableError(f"{self.handle}: TFLite conversion failed ({exc}); "
+                                            "use runtime='tf'") from exc
+            self.runtime = "tf"
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Feature vectors for a batch of uint8 RGB images of shape (N, size, size, 3)."""
@@ -138,8 +168,10 @@ def load_model(model_handle: str = DEFAULT_MODEL, runtime: str = "auto",
         raise ValueError(f"runtime={runtime!r}; choose one of {RUNTIMES}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}")
+    precision = resolve_precision(precision, model_handle)
     if precision == "int8" and runtime == "tf":
-        raise ValueError("precision='int8' runs on TFLite: use runtime='auto' or 'tflite'")
+        raise ValueError("precision='int8' runs on TFLite: use runtime='auto' or 'tflite', "
+                         "or precision='float32' to run TensorFlow")
 
     if model_handle in EFFICIENTNET_LITE:
         path = str(build_efficientnet_lite(model_handle))
@@ -201,47 +233,54 @@ def _tflite_function(fn, module, size: int, threads: int | None = None, precisio
     """Convert the module's feature function to TFLite; return a batch -> features callable.
 
     With ``cache_as`` the converted model is read from that file when it is there (and loads),
-    else converted and written there.
+    else converted and written there. Each calling thread gets its own interpreter (of
+    ``threads`` threads), so threads can run the model side by side: 01's local engine runs one
+    per core, each with one thread (measured faster than one interpreter on every core).
     """
-    import warnings
-
-    import tensorflow as tf
-
-    def interpreter_for(content: bytes):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-            return tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
-
-    interpreter = None
+    content = None
     if cache_as is not None and cache_as.is_file():
         try:
-            interpreter = interpreter_for(cache_as.read_bytes())
+            content = cache_as.read_bytes()
+            _interpreter(content, threads)  # loads: the cached file is sound
         except (OSError, ValueError, RuntimeError):  # unreadable or damaged: convert again
-            pass
-    if interpreter is None:
+            content = None
+    if content is None:
         content = _convert(fn, module, size, precision)
-        interpreter = interpreter_for(content)
+        _interpreter(content, threads)
         if cache_as is not None:
             _write_atomically(cache_as, content)
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    current = {"n": None}
+    local = threading.local()
 
     def run(x) -> np.ndarray:
+        if getattr(local, "interpreter", None) is None:
+            local.interpreter, local.n = _interpreter(content, threads), None
+        interpreter = local.interpreter
+        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
         x = np.asarray(x, dtype=np.float32)
         results = []
         # one image per invoke: measured fastest with XNNPACK on this machine (benchmarks)
         for i in range(0, len(x), TFLITE_MICRO_BATCH):
             chunk = x[i:i + TFLITE_MICRO_BATCH]
-            if current["n"] != len(chunk):
+            if local.n != len(chunk):
                 interpreter.resize_tensor_input(inp["index"], list(chunk.shape))
                 interpreter.allocate_tensors()
-                current["n"] = len(chunk)
+                local.n = len(chunk)
             interpreter.set_tensor(inp["index"], chunk)
             interpreter.invoke()
             results.append(interpreter.get_tensor(out["index"]).copy())
         return np.concatenate(results)
 
     return run
+
+
+def _interpreter(content: bytes, threads: int | None):
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        return tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
 
 
 def _convert(fn, module, size: int, precision: str) -> bytes:

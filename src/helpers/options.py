@@ -18,7 +18,7 @@ class EmbeddingOptions:
     pooling: str = "auto"                     # features.POOLINGS ("auto": gem where there is a feature map)
     focus: str = "none"                       # features.FOCUS
     hog_weight: float = features.DEFAULT_HOG_WEIGHT  # the outline's weight; 0 is off
-    precision: str = "float32"                # models.PRECISIONS
+    precision: str = "auto"                   # models.PRECISIONS ("auto": int8 where it is fast, resolved here)
     postprocess: str = "none"                 # whitening.POSTPROCESS
     max_pixels: int = images.MAX_PIXELS       # larger pictures are skipped, never decoded
 
@@ -34,6 +34,8 @@ class EmbeddingOptions:
                 or self.max_pixels < 1:
             raise ValueError(f"max_pixels={self.max_pixels!r}; must be a whole number of at least 1")
         object.__setattr__(self, "hog_weight", float(self.hog_weight))
+        # resolved now, so a store records what ran and a query elsewhere embeds the same way
+        object.__setattr__(self, "precision", models.resolve_precision(self.precision, self.model_handle))
         object.__setattr__(self, "max_pixels", int(self.max_pixels))
 
     @classmethod
