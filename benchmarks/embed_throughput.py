@@ -12,7 +12,8 @@ shared machine:
       with the cores' idle fraction (1 - process CPU time / (wall time x cores));
   (c) the model alone on pre-decoded uint8 tensors: the default's feature-map function, as one
       interpreter on every core and as one single-thread interpreter per core side by side;
-      TF, and OpenVINO (float32; bf16 where the CPU has it) when the package is installed;
+      TF, and OpenVINO (the float32 and int8 TFLite files; bf16 where the CPU has it) when
+      the package is installed;
   (d) decode + resize of the same files on all cores, for Pillow (draft mode + bilinear, 01's
       decoder), simplejpeg (libjpeg-turbo DCT-scaled) + OpenCV INTER_AREA, and OpenCV's
       reduced imdecode + INTER_AREA, at equal output (the same 224-px centre crop), with each
@@ -134,7 +135,9 @@ def summarise(results: dict) -> dict:
     results["d_best_decoder"] = d
     for name in ("default", "float32"):
         precision = results[f"precision_{name}"]
-        m = max(v for k, v in results.items() if k.startswith(f"c_model_tflite_{precision}_"))
+        openvino = ("c_model_openvino_int8",) if precision == "int8" else ("c_model_openvino_f32", "c_model_openvino_bf16")
+        m = max(v for k, v in results.items() if k.startswith(f"c_model_tflite_{precision}_") or k in openvino)
+        results[f"m_best_engine_{name}"] = m
         bound = 1 / (1 / d + 1 / m)
         results[f"bound_{name}"] = bound
         results[f"b_over_bound_{name}"] = results[f"b_pipeline_{name}"] / bound
@@ -239,25 +242,23 @@ def engines(pixels: np.ndarray, model_handle: str, results: dict) -> None:
 
 
 def openvino_rates(model, fn: str, pixels: np.ndarray) -> dict:
-    """OpenVINO on the float32 TFLite file of the same function (f32, and bf16 where the CPU
-    has AVX512_BF16 or AMX), throughput hint; {} when openvino is not installed."""
+    """OpenVINO on the TFLite files of the same function: the float32 one (f32; bf16 where the
+    CPU has AVX512_BF16 or AMX) and the int8 one, throughput hint; {} when it is not installed."""
     try:
         import openvino as ov
     except ImportError:
         return {}
     from helpers.models import cpu_flags, tflite_cache_path
 
-    core = ov.Core()
-    path = tflite_cache_path(model.location, "feature_map" if fn == "feature_map" else "pooled",
-                             model.image_size, "float32")
-    hints = {"f32": "f32"}
+    function = "feature_map" if fn == "feature_map" else "pooled"
+    runs = [("f32", "float32", "f32"), ("int8", "int8", "f32")]
     if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
-        hints["bf16"] = "bf16"
-    out = {}
-    x = pixels.astype(np.float32) / 255
-    for name, precision in hints.items():
+        runs.append(("bf16", "float32", "bf16"))
+    core, x, out = ov.Core(), pixels.astype(np.float32) / 255, {}
+    for name, file_precision, hint in runs:
+        path = tflite_cache_path(model.location, function, model.image_size, file_precision)
         compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                         "INFERENCE_PRECISION_HINT": precision})
+                                                         "INFERENCE_PRECISION_HINT": hint})
         queue = ov.AsyncInferQueue(compiled)
         for picture in x[:8]:
             queue.start_async({0: picture[None]})
