@@ -9,7 +9,7 @@ default). The projection is learned from the fitting half's pairs only; recall@1
 find its source among all catalog images?) is measured on the other half's copies:
   - none: the default vectors;
   - pca-whiten: 01's ``postprocess="whiten"`` (learned on the catalog);
-  - whiten-pairs: Radenovic et al. 2018, in closed form. The intra-pair covariance of
+  - whiten-pairs (``--fit-copies-per-kind``: more pairs per fitting source): Radenovic et al. 2018, in closed form. The intra-pair covariance of
     (source - copy), shrunk towards its mean eigenvalue by ``shrink``, whitens; then the
     catalog's covariance in that space gives the axes (all kept, or the first ``dims``).
 Prints one JSON row per method; paste the table into docs/benchmarks.md.
@@ -46,18 +46,25 @@ def learn_pairs(sources: np.ndarray, copies: np.ndarray, catalog: np.ndarray, sh
     return whitening.Whitening(mean.astype(np.float32), (whiten @ rotation[:, order]).astype(np.float32))
 
 
-def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds) -> tuple[np.ndarray, pd.DataFrame]:
-    """One copy per kind of edit of each path, embedded like the catalog: (vectors, labels)."""
-    edits.make_near_duplicates(image_dir, paths, out, variants_per_source=len(edits.TRANSFORMS),
-                               backgrounds=backgrounds)
-    embed.embed_folder(out, out / "run", catalog=out / "image_data.json", progress=False)
-    vectors, items, _ = store.load_store(out / "run", postprocessed=False)
-    labels = pd.read_csv(out / "labels.csv").set_index("path").loc[items["path"]]
-    edited = labels["transform"].to_numpy() != "source"
-    return vectors[edited], labels[edited]
+def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds,
+              per_kind: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
+    """``per_kind`` copies per kind of edit of each path (one seeded set each), embedded like
+    the catalog: (vectors, labels)."""
+    vectors, labels = [], []
+    for k in range(per_kind):
+        folder = out / f"set_{k}"
+        edits.make_near_duplicates(image_dir, paths, folder, variants_per_source=len(edits.TRANSFORMS),
+                                   backgrounds=backgrounds, seed=k)
+        embed.embed_folder(folder, folder / "run", catalog=folder / "image_data.json", progress=False)
+        v, items, _ = store.load_store(folder / "run", postprocessed=False)
+        table = pd.read_csv(folder / "labels.csv").set_index("path").loc[items["path"]]
+        edited = table["transform"].to_numpy() != "source"
+        vectors.append(v[edited])
+        labels.append(table[edited])
+    return np.concatenate(vectors), pd.concat(labels)
 
 
-def measure(name: str, image_dir: Path, work: Path, backgrounds) -> list[dict]:
+def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: int = 1) -> list[dict]:
     embed.embed_folder(image_dir, work / "catalog", links="all", progress=False)
     catalog, items, _ = store.load_store(work / "catalog", postprocessed=False)
     sources = edits.pick_sources(catalog)
@@ -65,7 +72,7 @@ def measure(name: str, image_dir: Path, work: Path, backgrounds) -> list[dict]:
     fit, held_out = np.sort(sources[: len(sources) // 2]), np.sort(sources[len(sources) // 2:])
     row_of = {p: i for i, p in enumerate(items["path"])}
     paths = items["path"].to_numpy()
-    fit_copies, fit_labels = copies_of(image_dir, paths[fit].tolist(), work / "fit", backgrounds)
+    fit_copies, fit_labels = copies_of(image_dir, paths[fit].tolist(), work / "fit", backgrounds, fit_per_kind)
     test_copies, test_labels = copies_of(image_dir, paths[held_out].tolist(), work / "held_out", backgrounds)
     fit_sources = catalog[[row_of[p] for p in fit_labels["source"]]]
     truth = np.array([row_of[p] for p in test_labels["source"]])
@@ -76,7 +83,8 @@ def measure(name: str, image_dir: Path, work: Path, backgrounds) -> list[dict]:
     rows = []
     for method, project in methods.items():
         hit = (project(test_copies) @ project(catalog).T).argmax(axis=1) == truth
-        row = {"catalog": name, "method": method, "fit sources": len(fit), "held-out sources": len(held_out),
+        row = {"catalog": name, "method": method, "fit sources": len(fit), "fit pairs": len(fit_copies),
+               "held-out sources": len(held_out),
                "r@1 all": round(float(hit.mean()), 3),
                **{f"r@1 {kind}": round(float(hit[kinds == kind].mean()), 3) for kind in edits.TRANSFORMS}}
         print(json.dumps(row), flush=True)
@@ -88,6 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", choices=["sample", "fluent", "both"], default="both")
     parser.add_argument("--backgrounds", default=str(WALLPAPERS) if WALLPAPERS.is_dir() else None)
+    parser.add_argument("--fit-copies-per-kind", type=int, default=1,
+                        help="edited copies of each fitting source per kind of edit")
     args = parser.parse_args()
     print(json.dumps({"machine": machine(), "backgrounds": args.backgrounds}))
     from quality import fluent_catalog
@@ -95,7 +105,7 @@ def main() -> None:
     catalogs = {"sample": lambda: ROOT / "data" / "sample", "fluent": fluent_catalog}
     with tempfile.TemporaryDirectory() as tmp:
         for name in (["sample", "fluent"] if args.catalog == "both" else [args.catalog]):
-            measure(name, catalogs[name](), Path(tmp) / name, args.backgrounds)
+            measure(name, catalogs[name](), Path(tmp) / name, args.backgrounds, args.fit_copies_per_kind)
 
 
 if __name__ == "__main__":

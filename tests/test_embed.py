@@ -229,3 +229,25 @@ def test_any_number_of_workers_gives_the_same_store(hostile_run, hostile_dir, tm
         assert other_items["path"].tolist() == items["path"].tolist()
         np.testing.assert_array_equal(vectors, expected)
         assert store.load_skipped(other).equals(store.load_skipped(run_dir))
+
+
+def test_an_interrupted_local_engine_drops_the_batches_not_started(hostile_dir):
+    """Closing the engine (Ctrl-C, an error while checkpointing) waits only for the batches
+    in flight (at most two per worker), not for the whole catalog."""
+    from helpers.embed import local_batches, local_model
+    from helpers.options import EmbeddingOptions
+
+    options = EmbeddingOptions()
+    model, batches = local_model(options, "auto", 2), []
+
+    def counted(pixels):
+        batches.append(len(pixels))
+        return model(pixels)
+
+    counted.image_size, counted.dim, counted.runtime = model.image_size, model.dim, model.runtime
+    paths = sorted(GOOD) * 20  # many one-file batches
+    results = local_batches(hostile_dir, paths, counted, options, batch_size=1, workers=2, known=set())
+    first = next(results)
+    results.close()
+    assert len(first.rows) + len(first.failed) == 1
+    assert len(batches) <= 2 * 2 + 1 < len(paths)

@@ -151,14 +151,16 @@ def local_batches(root: Path, paths: list[str], model: Embedder, options: Embedd
     Results come in path order, at most two batches per worker in flight.
     """
     batches = (paths[i:i + batch_size] for i in range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(workers, thread_name_prefix="embed") as pool:
-        pending: deque = deque()
+    pool, pending = ThreadPoolExecutor(workers, thread_name_prefix="embed"), deque()
+    try:
         for batch in batches:
             pending.append(pool.submit(embed_files, root, batch, model, options, known))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:  # interrupted (Ctrl-C, an error downstream): batches not started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def embed_files(root: Path, paths: list[str], model: Embedder, options: EmbeddingOptions, known) -> Embedded:
