@@ -144,8 +144,8 @@ def local_batches(root: Path, paths: list[str], model: Embedder, options: Embedd
                   batch_size: int, workers: int, known) -> Iterator[Embedded]:
     """The local engine: ``workers`` threads, each reading, decoding and embedding whole batches
     with its own interpreter (one model thread each: ``local_model``), like Ray's actors in one
-    process. No stage waits for another and no thread pool spins on a busy core: 1.2-1.3x the
-    speed of decode threads feeding one model on every core (benchmarks/embed_throughput.py).
+    process. No stage waits for another and no thread pool spins on a busy core: 1.15-1.19x the
+    speed of decode threads feeding one model on every core, int8 (benchmarks/embed_throughput.py).
 
     ``known``: sha256 values already embedded (a file with the same bytes is not run again).
     Results come in path order, at most two batches per worker in flight.
