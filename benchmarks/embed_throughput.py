@@ -353,10 +353,8 @@ def openvino_in_01s_layout(files: list[Path], model_handle: str) -> dict:
 
 def decoders(files: list[Path], size: int, results: dict) -> None:
     """(d): decode + resize on all cores (read and hashed too), per decoder, at equal output."""
-    from helpers.decode import read_and_decode
-
     def pillow(f: Path) -> np.ndarray:
-        return read_and_decode(f.parent, f.name, size, "crop", 10 ** 9).pixels
+        return _pillow(f, size)
 
     candidates = {"pillow": pillow}
     try:
