@@ -237,19 +237,20 @@ def _tflite_function(fn, module, size: int, threads: int | None = None, precisio
     ``threads`` threads), so threads can run the model side by side: 01's local engine runs one
     per core, each with one thread (measured faster than one interpreter on every core).
     """
-    content = None
+    content, first = None, None
     if cache_as is not None and cache_as.is_file():
         try:
             content = cache_as.read_bytes()
-            _interpreter(content, threads)  # loads: the cached file is sound
+            first = _interpreter(content, threads)  # loads: the cached file is sound
         except (OSError, ValueError, RuntimeError):  # unreadable or damaged: convert again
             content = None
     if content is None:
         content = _convert(fn, module, size, precision)
-        _interpreter(content, threads)
+        first = _interpreter(content, threads)
         if cache_as is not None:
             _write_atomically(cache_as, content)
     local = threading.local()
+    local.interpreter, local.n = first, None  # the loading thread keeps the one that proved the file
 
     def run(x) -> np.ndarray:
         if getattr(local, "interpreter", None) is None:
