@@ -1,6 +1,7 @@
-"""Learned whitening from generated pairs (issue 23's "whiten-pairs"), measured before it is built.
+"""Learned whitening from generated pairs (issue 23's "whiten-pairs"), fitted and measured on separate halves.
 
-    .venv/bin/python benchmarks/whiten_pairs.py [--catalog sample|fluent|both] [--backgrounds DIR]
+    .venv/bin/python benchmarks/whiten_pairs.py [--catalog sample|fluent|both|fashion-mnist] [--backgrounds DIR]
+    .venv/bin/python benchmarks/whiten_pairs.py --cost IMAGE_DIR   # 01's fitting cost
 
 For a catalog embedded with the default options: near-duplicate sources (``edits.pick_sources``)
 are split in two halves by a seeded shuffle. Each source of both halves gets one edited copy per
@@ -9,9 +10,10 @@ default). The projection is learned from the fitting half's pairs only; recall@1
 find its source among all catalog images?) is measured on the other half's copies:
   - none: the default vectors;
   - pca-whiten: 01's ``postprocess="whiten"`` (learned on the catalog);
-  - whiten-pairs (``--fit-copies-per-kind``: more pairs per fitting source): Radenovic et al. 2018, in closed form. The intra-pair covariance of
-    (source - copy), shrunk towards its mean eigenvalue by ``shrink``, whitens; then the
-    catalog's covariance in that space gives the axes (all kept, or the first ``dims``).
+  - whiten-pairs (``--fit-copies-per-kind``: more pairs per fitting source): 01's
+    ``adapt="whiten-pairs"`` (``helpers.adaptation.learn_pairs``) at several ``shrink``; "not
+    centred" leaves out the catalog's mean;
+  - head: 01's ``adapt="head"`` (``helpers.adaptation.learn_head``).
 Prints one JSON row per method; paste the table into docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -25,31 +27,18 @@ import numpy as np
 import pandas as pd
 
 from embed_throughput import machine
-from helpers import edits, embed, store, whitening
+from helpers import adaptation, edits, embed, store, whitening
+from helpers.adaptation import learn_pairs
 from helpers.vectors import l2_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 WALLPAPERS = Path("/usr/share/backgrounds")
 
 
-def learn_pairs(sources: np.ndarray, copies: np.ndarray, catalog: np.ndarray, shrink: float = 1.0,
-                dims: int | None = None) -> whitening.Whitening:
-    """The whitening learned from (source, copy) pairs; rows are L2-normalised vectors."""
-    diff = (sources - copies).astype(np.float64)
-    variance, axes = np.linalg.eigh(diff.T @ diff / len(diff))
-    variance = np.maximum(variance, 0.0) + shrink * max(float(variance.mean()), 1e-12)
-    whiten = axes / np.sqrt(variance)  # C_S^(-1/2), as columns
-    mean = catalog.mean(axis=0)
-    spread = (catalog - mean) @ whiten
-    values, rotation = np.linalg.eigh(spread.T @ spread / max(1, len(spread) - 1))
-    order = np.argsort(values)[::-1][:dims]
-    return whitening.Whitening(mean.astype(np.float32), (whiten @ rotation[:, order]).astype(np.float32))
-
-
 def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds,
               per_kind: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
-    """``per_kind`` copies per kind of edit of each path (one seeded set each), embedded like
-    the catalog: (vectors, labels)."""
+    """The held-out half's queries: ``per_kind`` copies per kind of edit of each path (05's
+    generator at full size, one seeded set each), embedded as a catalog: (vectors, labels)."""
     vectors, labels = [], []
     for k in range(per_kind):
         folder = out / f"set_{k}"
@@ -64,7 +53,28 @@ def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds,
     return np.concatenate(vectors), pd.concat(labels)
 
 
-def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: int = 1) -> list[dict]:
+def fitting_copies(image_dir: Path, paths: list[str], out: Path, backgrounds,
+                   per_kind: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
+    """The fitting half's copies made as 01's adaptation makes them (``copies.embed_copies`` at
+    ``adaptation.ADAPT_MAX_SIDE``), ``per_kind`` seeded sets: (vectors, labels)."""
+    from helpers import copies
+    from helpers.options import EmbeddingOptions
+
+    made = [copies.embed_copies(image_dir, paths, out / f"set_{k}", EmbeddingOptions(), backgrounds,
+                                adaptation.SEED + k, adaptation.ADAPT_MAX_SIDE) for k in range(per_kind)]
+    return np.concatenate([v for _, v in made]), pd.concat([labels for labels, _ in made])
+
+
+CACHE = ROOT / "benchmarks" / "cache" / "whiten_pairs"
+
+
+def pair_vectors(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: int = 1) -> dict:
+    """The catalog's vectors, the fitting half's (source, copy) pairs and the held-out half's
+    copies; cached in benchmarks/cache by catalog and settings (delete it after a model change)."""
+    saved = CACHE / f"{name}_{fit_per_kind}_{Path(str(backgrounds)).name}_as01.npz"
+    if saved.exists():
+        with np.load(saved) as f:
+            return dict(f)
     embed.embed_folder(image_dir, work / "catalog", links="all", progress=False)
     catalog, items, _ = store.load_store(work / "catalog", postprocessed=False)
     sources = edits.pick_sources(catalog)
@@ -72,19 +82,42 @@ def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: i
     fit, held_out = np.sort(sources[: len(sources) // 2]), np.sort(sources[len(sources) // 2:])
     row_of = {p: i for i, p in enumerate(items["path"])}
     paths = items["path"].to_numpy()
-    fit_copies, fit_labels = copies_of(image_dir, paths[fit].tolist(), work / "fit", backgrounds, fit_per_kind)
+    fit_copies, fit_labels = fitting_copies(image_dir, paths[fit].tolist(), work / "fit", backgrounds, fit_per_kind)
     test_copies, test_labels = copies_of(image_dir, paths[held_out].tolist(), work / "held_out", backgrounds)
-    fit_sources = catalog[[row_of[p] for p in fit_labels["source"]]]
-    truth = np.array([row_of[p] for p in test_labels["source"]])
-    kinds = test_labels["transform"].to_numpy()
+    found = {"catalog": catalog, "fit_sources": catalog[[row_of[p] for p in fit_labels["source"]]],
+             "fit_copies": fit_copies, "fit_kinds": fit_labels["transform"].to_numpy(str),
+             "test_copies": test_copies, "truth": np.array([row_of[p] for p in test_labels["source"]]),
+             "kinds": test_labels["transform"].to_numpy(str), "n_fit": len(fit), "n_held_out": len(held_out)}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(saved, **found)
+    return found
+
+
+def methods_for(v: dict) -> dict:
+    catalog, fit_sources, fit_copies = v["catalog"], v["fit_sources"], v["fit_copies"]
     methods = {"none": l2_normalise, "pca-whiten": whitening.learn(catalog).apply}
     for shrink in (0.1, 1.0, 10.0):
         methods[f"whiten-pairs, shrink {shrink:g}"] = learn_pairs(fit_sources, fit_copies, catalog, shrink).apply
+    for shrink in (1.0, 10.0):
+        learned = learn_pairs(fit_sources, fit_copies, catalog, shrink)
+        methods[f"whiten-pairs, shrink {shrink:g}, not centred"] = \
+            whitening.Whitening(np.zeros_like(learned.mean), learned.projection).apply
+    source_rows = (fit_sources @ catalog.T).argmax(axis=1)  # each source is a catalog row
+    methods["head"] = adaptation.learn_head(source_rows, fit_copies, catalog).apply
+    return methods
+
+
+def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: int = 1,
+            only: str = "") -> list[dict]:
+    v = pair_vectors(name, image_dir, work, backgrounds, fit_per_kind)
+    catalog, test_copies, truth, kinds = v["catalog"], v["test_copies"], v["truth"], v["kinds"]
     rows = []
-    for method, project in methods.items():
+    for method, project in methods_for(v).items():
+        if only not in method:
+            continue
         hit = (project(test_copies) @ project(catalog).T).argmax(axis=1) == truth
-        row = {"catalog": name, "method": method, "fit sources": len(fit), "fit pairs": len(fit_copies),
-               "held-out sources": len(held_out),
+        row = {"catalog": name, "method": method, "fit sources": int(v["n_fit"]), "fit pairs": len(v["fit_copies"]),
+               "held-out sources": int(v["n_held_out"]),
                "r@1 all": round(float(hit.mean()), 3),
                **{f"r@1 {kind}": round(float(hit[kinds == kind].mean()), 3) for kind in edits.TRANSFORMS}}
         print(json.dumps(row), flush=True)
@@ -92,20 +125,66 @@ def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: i
     return rows
 
 
+def fashion_mnist_rows(backgrounds, n_sources: int = adaptation.ADAPT_SOURCES) -> list[dict]:
+    """Fashion-MNIST precision@20 (1,000 test queries against the 60,000 train images), with
+    the adaptation learned as 01 would on that gallery: edited copies of its first
+    ``n_sources`` images (the queries are test images, never fitted on)."""
+    from helpers import benchmarks, evaluate, fashion_mnist
+    from helpers.models import cache_dir
+    from helpers.options import EmbeddingOptions
+
+    train_x, _ = fashion_mnist.load("train")
+    rows = []
+    for method in adaptation.ADAPT:
+        options = EmbeddingOptions(adapt=method)
+        learn = adaptation.pair_learner(train_x[:n_sources], options, backgrounds) if method != "none" else None
+        result = benchmarks.fashion_mnist_benchmark(evaluate.fashion_mnist_embedder(options, progress=False),
+                                                    cache_dir=cache_dir() / "benchmarks" / "fashion-mnist",
+                                                    cache_key=options.vector_key(), learn=learn)
+        row = {"catalog": "fashion-mnist", "method": method, "fit sources": n_sources,
+               "p@20": round(float(result["summary"].loc["all", "precision@20"]), 4)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def fitting_cost(images: Path, work: Path) -> list[dict]:
+    """01's seconds on a folder of images, then each adaptation on the same store (its vectors
+    reused: the difference is the fitting cost, copies made and embedded plus the fit)."""
+    rows = []
+    for method in adaptation.ADAPT:
+        meta = embed.embed_folder(images, work / "run", adapt=method, links="all", progress=False)
+        row = {"catalog": str(images), "images": meta["n_items"], "method": method,
+               "01 seconds": meta["seconds"]["total"], "adaptation seconds": meta["seconds"].get("adaptation"),
+               "pairs": (meta["adaptation"] or {}).get("pairs")}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--catalog", choices=["sample", "fluent", "both"], default="both")
+    parser.add_argument("--catalog", choices=["sample", "fluent", "both", "fashion-mnist"], default="both")
     parser.add_argument("--backgrounds", default=str(WALLPAPERS) if WALLPAPERS.is_dir() else None)
     parser.add_argument("--fit-copies-per-kind", type=int, default=1,
                         help="edited copies of each fitting source per kind of edit")
+    parser.add_argument("--only", default="", help="only the methods whose name holds this")
+    parser.add_argument("--cost", metavar="IMAGE_DIR", help="measure 01's fitting cost on this folder instead")
     args = parser.parse_args()
     print(json.dumps({"machine": machine(), "backgrounds": args.backgrounds}))
     from quality import fluent_catalog
 
     catalogs = {"sample": lambda: ROOT / "data" / "sample", "fluent": fluent_catalog}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.cost:
+            fitting_cost(Path(args.cost), Path(tmp))
+            return
+        if args.catalog == "fashion-mnist":
+            fashion_mnist_rows(args.backgrounds)
+            return
         for name in (["sample", "fluent"] if args.catalog == "both" else [args.catalog]):
-            measure(name, catalogs[name](), Path(tmp) / name, args.backgrounds, args.fit_copies_per_kind)
+            measure(name, catalogs[name](), Path(tmp) / name, args.backgrounds, args.fit_copies_per_kind,
+                    args.only)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import calibration, duplicates, embed, export, groups, neighbors, runfolder, verify
+from helpers import calibration, copies, duplicates, embed, export, groups, neighbors, runfolder, verify
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -184,10 +184,10 @@ def test_a_chain_of_weak_links_does_not_make_one_group():
 
 def test_calibration_sources_stay_put_when_the_catalog_grows():
     items = pd.DataFrame({"sha256": [f"{i:064x}" for i in range(500)], "productId": [f"P{i}" for i in range(500)]})
-    first = set(items["sha256"].to_numpy()[calibration.choose_sources(items)])
+    first = set(items["sha256"].to_numpy()[copies.choose_sources(items, calibration.CALIBRATION_SOURCES)])
     grown = pd.concat([items, pd.DataFrame({"sha256": [f"{i:064x}" for i in range(500, 510)],
                                             "productId": [f"P{i}" for i in range(500, 510)]})], ignore_index=True)
-    second = set(grown["sha256"].to_numpy()[calibration.choose_sources(grown)])
+    second = set(grown["sha256"].to_numpy()[copies.choose_sources(grown, calibration.CALIBRATION_SOURCES)])
     assert len(first) == calibration.CALIBRATION_SOURCES and len(first & second) >= calibration.CALIBRATION_SOURCES - 10
 
 

@@ -96,3 +96,17 @@ def test_sources_are_read_upright_and_bad_background_photos_are_passed_over(tmp_
     assert np.abs(np.asarray(copy, float) - np.asarray(upright, float)).mean() < 8
     assert Image.open(tmp_path / "out" / by_name["big.png", "source"]).size == (1024, 512)
     assert (labels["transform"] == "background").sum() == 2  # made despite the broken photo
+
+
+def test_background_photos_are_kept_shrunk_and_give_the_same_copies_again(sources, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path / "cache"))
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    Image.fromarray(np.asarray(photo("astronaut").resize((2600, 2600)))).save(backgrounds / "big.webp", quality=90)
+    made = [edits.make_near_duplicates(sources, ["coffee.jpg"], tmp_path / f"out{i}", variants_per_source=8,
+                                       backgrounds=backgrounds, seed=1) for i in range(2)]
+    kept = list((tmp_path / "cache" / "backgrounds").glob("*.png"))
+    assert len(kept) == 1 and max(Image.open(kept[0]).size) == edits.BACKGROUND_MAX_SIDE
+    swapped = [m.set_index("transform").loc["background", "path"] for m in made]
+    first, second = (np.asarray(Image.open(tmp_path / f"out{i}" / p)) for i, p in enumerate(swapped))
+    np.testing.assert_array_equal(first, second)  # made from the photo, then from the kept copy

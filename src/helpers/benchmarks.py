@@ -20,7 +20,7 @@ from .metrics import hit_rate_at_k, label_metrics, recall_at_1, relevance, retri
 def fashion_mnist_benchmark(embed, k: int = 20, n_queries: int = 1000, n_gallery: int | None = None,
                             data_dir=None, seed: int = 0, cache_dir: str | Path | None = None,
                             cache_key: str = "", postprocess: str = "none", query_expansion: int = 0,
-                            rerank: str = "none") -> dict:
+                            rerank: str = "none", learn=None) -> dict:
     """Test images query the train images (gallery); right = same class.
 
     ``embed(pictures) -> vectors`` embeds a uint8 array of 28x28 images. Queries are a
@@ -28,7 +28,8 @@ def fashion_mnist_benchmark(embed, k: int = 20, n_queries: int = 1000, n_gallery
     ``n_gallery`` train images (None: all 60,000). With ``cache_dir`` the vectors are kept as .npy files named
     by ``cache_key`` (the model and embedding options) so the next run skips the model.
     ``postprocess="whiten"`` learns whitening on the gallery (the "catalog") and applies it
-    to both sides; ``query_expansion`` n > 0 expands the gallery vectors with their n
+    to both sides, as does ``learn(gallery_vectors) -> Whitening`` (e.g. an adaptation learned
+    from the gallery's own edited copies); ``query_expansion`` n > 0 expands the gallery vectors with their n
     nearest gallery neighbours, then each query with its n nearest expanded ones;
     ``rerank="diffusion"`` re-orders each query's results (``helpers.diffusion``).
     """
@@ -45,10 +46,10 @@ def fashion_mnist_benchmark(embed, k: int = 20, n_queries: int = 1000, n_gallery
     queries = shuffled[:n_queries]
     gallery_vectors = _cached(cache_dir, f"train-{cache_key}", train_x, n_gallery, embed)
     query_vectors = _cached(cache_dir, f"test-seed{seed}-{cache_key}", test_x[shuffled], n_queries, embed)
-    if postprocess == "whiten":
+    if postprocess == "whiten" or learn is not None:
         from . import whitening
 
-        learned = whitening.learn(gallery_vectors)
+        learned = (learn or whitening.learn)(gallery_vectors)
         gallery_vectors, query_vectors = learned.apply(gallery_vectors), learned.apply(query_vectors)
     if query_expansion:
         from .neighbors import expand

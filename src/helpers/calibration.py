@@ -1,8 +1,7 @@
 """The pairs that calibrate 03's near-duplicate rule (``duplicates.calibrate``).
 
 ``CALIBRATION_SOURCES`` catalog images, chosen by their sha256 (so a growing catalog keeps
-almost the same ones), get one copy per kind of edit from 05's generator
-(``edits.make_near_duplicates``). The copies are decoded and embedded exactly like the
+almost the same ones), get one copy per kind of edit from 05's generator (``copies``). The copies are decoded and embedded exactly like the
 catalog (the run's own options and whitening) and kept in ``run_dir/duplicate_calibration/``
 with the key they were made for, so the next 03 reuses them. Each copy is then paired with
 its nearest catalog images: its source is a positive, other products are negatives (near-
@@ -10,13 +9,12 @@ copies of the source itself count as neither: the catalog may really hold them t
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import edits, runfolder, verify
+from . import copies as copies_mod, edits, runfolder, verify
 
 CALIBRATION_SOURCES = 100   # catalog images that get edited copies
 CALIBRATION_CANDIDATES = 3  # each copy's nearest catalog images that it is paired with
@@ -25,28 +23,22 @@ STRONG_MATCH = 40           # ... nor are those whose keypoints agree with it th
 SCENE_NEIGHBORS = 2         # background copies paired with other products' background copies
 ACCEPTABLE_INLIERS = 6      # below this and ...
 ACCEPTABLE_SIMILARITY = 0.8  # ... this, no rule calls a wrong pair a copy: not worth checking
-VERSION = 2                 # bump when the copies change
+VERSION = 3                 # bump when the copies change
 
 
 class CalibrationError(RuntimeError):
     """The catalog's images cannot be read to make the calibration copies."""
 
 
-def choose_sources(items: pd.DataFrame, n: int = CALIBRATION_SOURCES, seed: int = 0) -> np.ndarray:
-    """Rows of up to ``n`` distinct products, the ones whose seeded sha256 sorts first."""
-    rank = items["sha256"].map(lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
-    order = rank.sort_values(kind="stable").index.to_numpy()
-    first = items.loc[order].drop_duplicates("productId").index.to_numpy()[:n]
-    return np.sort(items.index.get_indexer(first))
-
-
 def edited_copies(run_dir: Path, items: pd.DataFrame, embed_meta: dict, backgrounds: Path | None,
                   seed: int = 0) -> dict:
     """{"vectors", "source_rows", "kinds", "paths", "sha256", "folder"} of the calibration copies, made
     and embedded now unless the saved ones were made for the same options and sources."""
-    rows = choose_sources(items, seed=seed)
+    from .options import EmbeddingOptions
+
+    rows = copies_mod.choose_sources(items, CALIBRATION_SOURCES, seed=seed)
     options = embed_meta["options"]
-    vector_key = embed_meta["computed_from"]["store_key"] if options["postprocess"] != "none" \
+    vector_key = embed_meta["computed_from"]["store_key"] if EmbeddingOptions.of(options).learned \
         else embed_meta["computed_from"]["options_key"]
     key = runfolder.key_of([VERSION, vector_key, items["sha256"].to_numpy()[rows].tolist(), seed,
                             edits.TRANSFORMS, str(backgrounds)])
@@ -65,35 +57,23 @@ def edited_copies(run_dir: Path, items: pd.DataFrame, embed_meta: dict, backgrou
 
 def _make(run_dir: Path, folder: Path, items: pd.DataFrame, rows: np.ndarray, embed_meta: dict,
           backgrounds, seed: int) -> dict:
-    from .decode import query_pictures
     from .options import EmbeddingOptions
 
     if not embed_meta.get("image_dir") or not Path(embed_meta["image_dir"]).is_dir():
         raise CalibrationError(f"the image folder {embed_meta.get('image_dir')!r} of 01's store is not there")
+    options = EmbeddingOptions.of(embed_meta["options"])
     try:
-        labels = edits.make_near_duplicates(embed_meta["image_dir"], items["path"].to_numpy()[rows].tolist(),
-                                            folder, variants_per_source=len(edits.TRANSFORMS),
-                                            backgrounds=backgrounds, seed=seed)
+        labels, vectors = copies_mod.embed_copies(embed_meta["image_dir"], items["path"].to_numpy()[rows].tolist(),
+                                                  folder, options, backgrounds, seed)
     except ValueError as exc:  # none of the sources could be read
         raise CalibrationError(str(exc)) from None
-    labels = labels[labels["transform"] != "source"]
-    options = EmbeddingOptions.of(embed_meta["options"])
-    model = options.embedder()
-    row_of = dict(zip(items["path"], range(len(items))))
-    kept, vectors = [], []
-    for start in range(0, len(labels), 64):
-        chunk = labels.iloc[start:start + 64]
-        names, batch = query_pictures([folder / p for p in chunk["path"]], model.image_size, options)
-        kept += [p for p in chunk["path"] if str(folder / p) in set(names)]
-        if batch:
-            vectors.append(model(np.stack(batch)))
-    if options.postprocess == "whiten":
+    if options.learned:
         from .whitening import Whitening
 
-        vectors = [Whitening.load(run_dir / runfolder.WHITENING).apply(np.concatenate(vectors))]
-    labels = labels.set_index("path").loc[kept]
-    dim = int(embed_meta.get("dim") or model.dim)
-    return {"vectors": np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+        vectors = Whitening.load(run_dir / runfolder.WHITENING).apply(vectors)
+    row_of = dict(zip(items["path"], range(len(items))))
+    kept = labels.index.tolist()
+    return {"vectors": vectors,
             "source_rows": labels["source"].map(row_of).to_numpy(np.int64),
             "kinds": labels["transform"].to_numpy(str), "paths": np.array(kept, dtype=str),
             "sha256": np.array(_hashes(folder, kept), dtype=str)}  # hashed once, with the copies

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import calibration, verify
+from . import calibration, copies, verify
 
 DEFAULT_PRECISION = 0.95
 UNCALIBRATED = 0.95  # the threshold when the catalog's images cannot be read to calibrate
@@ -28,7 +28,6 @@ VERIFY_TOP = 3              # per product, at most this many band neighbours are
 CHECKS_PER_PRODUCT = 0.2    # ... and at most this many checks per product in all (the most similar
 CHECKS_MIN = 200            # band pairs first, at least CHECKS_MIN): keypoints cost ~30 ms an image
 INLIER_STEPS = (6, 8, 10, 12, 15, 20, 25, 30, 40, 60)
-BACKGROUND_FOLDERS = ("/usr/share/backgrounds", "/usr/share/wallpapers")  # Debian's photos, when installed
 
 
 @dataclass
@@ -171,17 +170,6 @@ def near_duplicates(table: pd.DataFrame, items: pd.DataFrame, rule: Rule,
     return found
 
 
-def background_folder(backgrounds=None) -> Path | None:
-    """The background photos for calibration's background swaps: the given folder, else
-    Debian's wallpapers when installed (None: generated backgrounds)."""
-    if backgrounds:
-        folder = Path(backgrounds)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"backgrounds={backgrounds!r} is not a folder of background photos")
-        return folder
-    return next((Path(f) for f in BACKGROUND_FOLDERS if Path(f).is_dir()), None)
-
-
 def find(run_dir: Path, table: pd.DataFrame, embeddings: np.ndarray, items: pd.DataFrame, embed_meta: dict,
          threshold="auto", precision: float = DEFAULT_PRECISION, backgrounds=None):
     """03's near-duplicates: (pairs, the rule, the calibration pairs or None).
@@ -193,7 +181,7 @@ def find(run_dir: Path, table: pd.DataFrame, embeddings: np.ndarray, items: pd.D
     if threshold != "auto":
         rule = Rule(accept=float(threshold), source="given")
         return near_duplicates(table, items, rule, None), rule, None
-    folder = background_folder(backgrounds)
+    folder = copies.background_folder(backgrounds)
     try:
         pairs = calibration.calibration_pairs(run_dir, embeddings, items, embed_meta, folder)
     except calibration.CalibrationError as exc:  # the lists still matter more than the calibration

@@ -44,7 +44,7 @@ def pick_sources(embeddings: np.ndarray, max_similarity: float = 0.9, limit: int
 def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str | Path,
                          variants_per_source: int = 2, transforms=TRANSFORMS,
                          backgrounds: str | Path | None = None, distractors=(),
-                         seed: int = 0) -> pd.DataFrame:
+                         seed: int = 0, max_side: int = SOURCE_MAX_SIDE) -> pd.DataFrame:
     """Turn images into a labelled near-duplicate benchmark in ``out_dir``.
 
     Each source image is copied (transform "source") and gets ``variants_per_source``
@@ -57,7 +57,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     files in ``backgrounds`` when given, else generated (gradients, stripes, textures, clutter).
     ``distractors`` (paths under ``image_dir``) are copied as unrelated images (transform
     "distractor"): they make the gallery bigger and are never right. Images are read upright
-    (EXIF orientation) and shrunk to at most ``SOURCE_MAX_SIDE`` px; unreadable ones are left
+    (EXIF orientation) and shrunk to at most ``max_side`` px; unreadable ones are left
     out (an unreadable background photo gives way to a generated background).
 
     Writes the images (replacing any earlier ones in ``out_dir/images``), ``labels.csv`` (path, group, transform, source, productId) and
@@ -78,7 +78,7 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
             source = _rgba(images.open_image(image_dir / rel))
         except Exception:  # an unreadable source is left out, the benchmark goes on
             continue
-        source.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.LANCZOS)
+        source.thumbnail((max_side, max_side), Image.LANCZOS)
         name = f"{group}_source.png"
         images.to_rgb(source).save(out / "images" / name, compress_level=1)
         rows.append((f"images/{name}", group, "source", rel))
@@ -169,10 +169,33 @@ class _BackgroundPhotos:
     def pick(self, rng) -> Image.Image:
         path = self.paths[int(rng.integers(len(self.paths)))]
         if path not in self._decoded:
-            photo = images.to_rgb(images.open_image(self.folder / path))  # ImageError: caller falls back
-            photo.thumbnail((BACKGROUND_MAX_SIDE, BACKGROUND_MAX_SIDE), Image.LANCZOS)
-            self._decoded[path] = photo
+            self._decoded[path] = self._shrunk(self.folder / path)
         return self._decoded[path]
+
+    @staticmethod
+    def _shrunk(path: Path) -> Image.Image:
+        """The photo at most ``BACKGROUND_MAX_SIDE`` px, kept as a lossless PNG in the model
+        cache (keyed by the file's path, size and time), so the same pixels come back at a
+        fraction of a big WebP's decoding time."""
+        from .models import cache_dir
+
+        stat = path.stat()
+        key = runfolder.key_of([str(path.resolve()), stat.st_size, stat.st_mtime_ns, BACKGROUND_MAX_SIDE])
+        kept = cache_dir() / "backgrounds" / f"{key[:32]}.png"
+        try:
+            with Image.open(kept) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError):  # not kept yet, or unreadable: decoded again
+            pass
+        photo = images.to_rgb(images.open_image(path))  # ImageError: caller falls back
+        photo.thumbnail((BACKGROUND_MAX_SIDE, BACKGROUND_MAX_SIDE), Image.LANCZOS)
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with runfolder.atomic_path(kept) as tmp:
+                photo.save(tmp, format="PNG", compress_level=1)
+        except OSError:  # a read-only cache: the photo is still used
+            pass
+        return photo
 
 
 def _variant(source: Image.Image, transform: str, rng, backgrounds, photo_backgrounds: _BackgroundPhotos):

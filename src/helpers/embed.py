@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from . import __version__, catalog as catalog_mod, images, runfolder, store, whitening
+from . import __version__, adaptation, catalog as catalog_mod, images, runfolder, store, whitening
 from .decode import Embedded, hash_files, read_and_decode
 from .features import Embedder
 from .options import EmbeddingOptions
@@ -212,7 +212,8 @@ def assemble(job: Plan, staging: runfolder.Staging, dim: int) -> pd.DataFrame:
 def embed_folder(image_dir: str | Path, run_dir: str | Path, options: EmbeddingOptions | None = None, *,
                  catalog: str | Path | None = None, on_missing: str = "error", recursive: bool = True,
                  links: str = "inside", batch_size: int = 32, runtime: str = "auto", engine: str = "local", workers: int | None = None,
-                 checkpoint_every: int = 1024, progress: bool = True, **option_values) -> dict:
+                 checkpoint_every: int = 1024, progress: bool = True, backgrounds: str | Path | None = None,
+                 **option_values) -> dict:
     """Embed every image under ``image_dir`` into ``run_dir``; return the store's record.
 
     ``options``: the ``EmbeddingOptions`` (or give its fields, e.g. ``resize="pad"``).
@@ -224,7 +225,8 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, options: EmbeddingO
     ``workers``: decode threads (local) or model workers (ray). ``runtime``: see
     ``models.load_model``. ``links``: "inside" embeds a linked file only when it is under
     ``image_dir`` (others are listed in skipped.csv); "all" follows every file link.
-    One writer at a time: a second run on the folder is refused.
+    ``backgrounds``: the photos for the background swaps of ``adapt`` (default: Debian's
+    wallpapers when installed). One writer at a time: a second run on the folder is refused.
     """
     options = EmbeddingOptions.of(options.as_dict() if options else None, **option_values)
     _check_run_settings(engine, batch_size)
@@ -245,15 +247,45 @@ def embed_folder(image_dir: str | Path, run_dir: str | Path, options: EmbeddingO
         items = assemble(job, staging, dim)
         meta = _record(job, options, done, items, dim, engine, runtime, catalog, on_missing, recursive,
                        batch_size, time.perf_counter() - started)
-        if options.postprocess == "whiten":  # learned on the finished catalog, committed with it
-            raw = np.load(staging.path(runfolder.EMBEDDINGS), mmap_mode="r")
-            learned = whitening.learn(raw) if len(raw) >= 2 else whitening.Whitening.identity(dim)
-            learned.save(staging.path(runfolder.WHITENING))
-        staging.commit(meta, remove=() if options.postprocess == "whiten" else (runfolder.WHITENING,))
+        meta["adaptation"] = _learn(run_dir, staging, items, root, options, backgrounds)
+        if meta["adaptation"]:
+            meta["seconds"]["adaptation"] = meta["adaptation"]["seconds"]
+            meta["seconds"]["total"] = round(time.perf_counter() - started, 3)
+        staging.commit(meta, remove=_not_learned(options))
         work.discard()
     if items.empty:  # the store and skipped.csv are written: the reasons can be read there
         raise NothingEmbeddedError(_why_nothing(root, run_dir, meta, store.load_skipped(run_dir)))
     return meta
+
+
+def _learn(run_dir: Path, staging: runfolder.Staging, items: pd.DataFrame, root: Path,
+           options: EmbeddingOptions, backgrounds) -> dict | None:
+    """What is learned on the finished catalog (``options.learned``), staged to be committed
+    with it: the adaptation's record, or None."""
+    if not options.learned:
+        return None
+    raw = np.load(staging.path(runfolder.EMBEDDINGS), mmap_mode="r")
+    if options.adapt != "none":
+        return adaptation.fit(run_dir, staging, np.asarray(raw), items, root, options, backgrounds)
+    learned = whitening.learn(raw) if len(raw) >= 2 else whitening.Whitening.identity(raw.shape[1])
+    learned.save(staging.path(runfolder.WHITENING))
+    return None
+
+
+def describe_adaptation(meta: dict) -> str:
+    """01's summary line for what ``adapt`` learned and what it cost."""
+    found = meta.get("adaptation")
+    if not found:
+        return "none"
+    reused = ", copies reused" if found["copies_reused"] else ""
+    return (f'{found["method"]}: {found["pairs"]} edited copies of {found["sources"]} products '
+            f'(backgrounds: {found["backgrounds"]}), {found["seconds"]:.1f} s{reused}')
+
+
+def _not_learned(options: EmbeddingOptions) -> tuple[str, ...]:
+    """The learned files a run with these options must not keep from an earlier one."""
+    return (() if options.learned else (runfolder.WHITENING,)) \
+        + (() if options.adapt != "none" else (runfolder.ADAPTATION_PAIRS,))
 
 
 def _check_run_settings(engine: str, batch_size: int) -> None:
@@ -315,7 +347,7 @@ def _record(job: Plan, options: EmbeddingOptions, done: Computed, items: pd.Data
 def _changed(before: dict, options: EmbeddingOptions) -> str:
     """What differs from the previous store's options, e.g. "precision float32 -> int8"."""
     changed = [f"{name} {before.get(name)} -> {value}" for name, value in options.as_dict().items()
-               if name != "postprocess" and before.get(name) != value]
+               if name not in ("postprocess", "adapt") and before.get(name) != value]
     return ", ".join(changed) or "the model files or their conversion changed"
 
 

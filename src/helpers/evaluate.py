@@ -18,7 +18,7 @@ from .edits import make_near_duplicates, pick_sources
 from .index import check_counts
 from .options import EmbeddingOptions
 
-EMBEDDING_SHOWN = ("model_handle", "resize", "pooling", "focus", "hog_weight", "precision", "postprocess")
+EMBEDDING_SHOWN = ("model_handle", "resize", "pooling", "focus", "hog_weight", "precision", "postprocess", "adapt")
 BENCHMARKS = ("near-duplicates", "fashion-mnist", "labels")
 
 
@@ -148,9 +148,19 @@ def run_fashion_mnist(run_dir: str | Path, k: int = 20, n_queries: int = 1000, n
     result = fashion_mnist_benchmark(base, k=k, n_queries=n_queries, n_gallery=n_gallery, data_dir=data_dir,
                                      seed=seed, cache_dir=cache_dir() / "benchmarks" / "fashion-mnist",
                                      cache_key=key, postprocess=options.postprocess,
-                                     query_expansion=query_expansion, rerank=rerank)
+                                     query_expansion=query_expansion, rerank=rerank, learn=_adaptation(options, n_gallery, data_dir))
     result["options"] = searched_with(options, query_expansion, rerank)
     return result
+
+
+def _adaptation(options: EmbeddingOptions, n_gallery: int | None, data_dir=None):
+    """The run's ``adapt`` learned on the Fashion-MNIST gallery as 01 learns it on a catalog."""
+    if options.adapt == "none":
+        return None
+    from . import adaptation, fashion_mnist
+
+    gallery = fashion_mnist.load("train", **({} if data_dir is None else {"data_dir": data_dir}))[0]
+    return adaptation.pair_learner(gallery[:min(adaptation.ADAPT_SOURCES, n_gallery or len(gallery))], options)
 
 
 def run_labels(run_dir: str | Path, labels: str | Path, k: int = 20, n_queries: int = 1000,

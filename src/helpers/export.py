@@ -42,7 +42,7 @@ SCHEMA = {
 }
 KEYS = {"products": "product_id", "neighbors": "master_pi, rank", "run_meta": "key", "duplicate_groups": "product_id"}
 # run_meta keys that must agree for a database to take this run's rows
-COMPATIBLE = ("model_handle", "dim", "resize", "pooling", "focus", "hog_weight", "postprocess")
+COMPATIBLE = ("model_handle", "dim", "resize", "pooling", "focus", "hog_weight", "postprocess", "adapt")
 
 
 class ExportError(RuntimeError):
@@ -73,7 +73,7 @@ def export_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict
     options = EmbeddingOptions(**meta["options"])
     run_meta = {"model_handle": options.model_handle, "dim": str(meta["dim"]), "resize": options.resize,
                 "pooling": options.resolved_pooling, "focus": options.focus, "hog_weight": str(options.hog_weight),
-                "precision": options.precision, "postprocess": options.postprocess,
+                "precision": options.precision, "postprocess": options.postprocess, "adapt": options.adapt,
                 "store_key": meta["computed_from"]["store_key"], "run_dir": str(run_dir.resolve()), "products": str(len(products)),
                 "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return products, neighbors, run_meta

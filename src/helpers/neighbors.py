@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import runfolder, store
+from . import runfolder, store, whitening
 from .index import PARAMETERS, build_index, check_counts, pair_cosine
 from .vectors import l2_normalise
 
@@ -173,13 +173,13 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     """Top-k catalog products for photos that are not in the catalog (paths or arrays).
 
     The photos are embedded with the run's own model, resize mode, pooling, focus, hog_weight and
-    precision, and whitened with the run's own whitening, so they are comparable with its store;
+    precision, and given the run's own whitening or adaptation, so they are comparable with its store;
     ``index`` defaults to exact search. At ``level="product"`` (as 03) a product with several
     images is listed once, by its most similar image. ``rerank="diffusion"`` re-orders the
     results as 03 does (``similarity`` stays the cosine). A file that cannot be read is skipped
     with a warning naming it; the other photos are still answered.
     """
-    from . import decode, diffusion, whitening
+    from . import decode, diffusion
     from .index import ExactIndex
     from .options import EmbeddingOptions
 
@@ -194,7 +194,7 @@ def search_by_image(run_dir: str | Path, pictures, k: int = 20, index=None, leve
     if not batch:
         return pd.DataFrame(columns=columns)
     vectors = model(np.stack(batch))
-    if options.postprocess == "whiten":  # the run's own transform, as its store got
+    if options.learned:  # the run's own whitening or adaptation, as its store got
         vectors = whitening.Whitening.load(Path(run_dir) / runfolder.WHITENING).apply(vectors)
     shortlist = fetch if rerank == "none" else max(fetch, diffusion.SHORTLIST)
     idx, sims = (index or ExactIndex(embeddings)).search(vectors, min(shortlist, len(items)))
@@ -356,7 +356,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
     (exact up to 6,500 items, Annoy up to 100,000, then HNSW or IVF-PQ). Settings not given
     (``n_trees``, ``search_k``, ``pca_dims``, ``index_params`` e.g. ``{"nprobe": 32}``) come
     from index_choice.json when it recommends the same backend. ``refresh``: when few images
-    changed, update the saved lists (equal to a full search; not for a whitened run).
+    changed, update the saved lists (equal to a full search; not for a whitened or adapted run).
     ``query_expansion`` n > 0: each vector averaged with its n nearest first;
     ``rerank="diffusion"``: each list re-ordered by diffusion (``similarity`` stays the cosine).
     Neither can refresh. See docs/benchmarks.md.
@@ -373,7 +373,7 @@ def write_neighbors(run_dir: str | Path, k: int = 20, backend: str = "auto", n_t
         stored = embeddings
         embeddings = expand_catalog(embeddings, backend, settings, query_expansion)
         keep_candidates = query_expansion == 0 and rerank == "none"  # lists of the store's own vectors
-        can_refresh = (refresh and keep_candidates and embed_meta["options"]["postprocess"] != "whiten"
+        can_refresh = (refresh and keep_candidates and not whitening.is_learned(embed_meta["options"])
                        and saved_candidates_match(run_dir, embed_meta, include_self))
         idx, scores, searched, refreshed = _candidates(run_dir, embeddings, items, fetch, include_self,
                                                        backend, settings, rerank, can_refresh)

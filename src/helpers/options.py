@@ -8,7 +8,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, fields
 
-from . import features, images, models, whitening
+from . import adaptation, features, images, models, whitening
 
 
 @dataclass(frozen=True)
@@ -20,15 +20,19 @@ class EmbeddingOptions:
     hog_weight: float = features.DEFAULT_HOG_WEIGHT  # the outline's weight; 0 is off
     precision: str = "auto"                   # models.PRECISIONS ("auto": int8 where it is fast, resolved here)
     postprocess: str = "none"                 # whitening.POSTPROCESS
+    adapt: str = "none"                       # adaptation.ADAPT (learned from the catalog's own edited copies)
     max_pixels: int = images.MAX_PIXELS       # larger pictures are skipped, never decoded
 
     def __post_init__(self):
         if not isinstance(self.model_handle, str) or not self.model_handle:
             raise ValueError(f"model_handle={self.model_handle!r}; give a model name, TF Hub handle or folder")
         for name, allowed in (("resize", images.RESIZE_MODES), ("precision", models.PRECISIONS),
-                              ("postprocess", whitening.POSTPROCESS)):
+                              ("postprocess", whitening.POSTPROCESS), ("adapt", adaptation.ADAPT)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.adapt != "none" and self.postprocess != "none":
+            raise ValueError(f"adapt={self.adapt!r} already learns a projection on the catalog; set "
+                             f"postprocess='none' (not {self.postprocess!r}) or adapt='none'")
         features.check_options(self.pooling, self.focus, self.hog_weight)
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, numbers.Integral) \
                 or self.max_pixels < 1:
@@ -60,19 +64,26 @@ class EmbeddingOptions:
 
     def vector_key(self) -> str:
         """Equal exactly when two option sets give the same vector for the same image bytes
-        (postprocess is learned on the catalog afterwards, so it is not part of it)."""
+        (postprocess and adapt are learned on the catalog afterwards, so they are not part of it)."""
         from .runfolder import key_of
 
         facts = {**self.as_dict(), "pooling": self.resolved_pooling, "postprocess": None,
                  "hog_dim": features.HOG_DIM if self.hog_weight else 0,
                  "conversion": models.CONVERSION_VERSION, "tflite": models.TFLITE_VERSION}
+        facts.pop("adapt")
         return key_of(facts)
 
     def key(self) -> str:
-        """The vector key plus the post-processing: what a store's vectors are a function of."""
+        """The vector key plus what is learned on the catalog: what a store's vectors are a function of."""
         from .runfolder import key_of
 
-        return key_of([self.vector_key(), self.postprocess])
+        learned = [self.postprocess] + ([self.adapt, adaptation.VERSION] if self.adapt != "none" else [])
+        return key_of([self.vector_key(), *learned])
+
+    @property
+    def learned(self) -> bool:
+        """Whether a transform learned on the catalog (``runfolder.WHITENING``) applies to its vectors."""
+        return whitening.is_learned(self.as_dict())
 
     def describe(self) -> str:
         shown = {**self.as_dict(), "pooling": self.resolved_pooling}

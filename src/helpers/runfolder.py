@@ -34,7 +34,8 @@ EMBEDDINGS = "embeddings.npy"        # float32 (N, D), L2-normalised, row i <-> 
 ITEMS = "items.parquet"              # row, path, imageName, productId, sha256, width, height
 SKIPPED = "skipped.csv"              # path, reason: files that could not be used
 EMBED_META = "embed_meta.json"       # 01's record: options, catalog state, versions, timings
-WHITENING = "whitening.npz"          # postprocess="whiten": the learned transform
+WHITENING = "whitening.npz"          # postprocess="whiten" or adapt="whiten-pairs": the learned transform
+ADAPTATION_PAIRS = "adaptation_pairs.npz"  # adapt: the edited copies' vectors it learned from, with their key
 PARTIAL = ".partial"                 # checkpoints of an embedding run in progress
 # 02 index sweep
 SWEEP = "sweep.csv"

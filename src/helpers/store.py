@@ -127,7 +127,7 @@ def load_store(run_dir: str | Path, postprocessed: bool = True):
     if "computed_from" not in meta:
         raise runfolder.StaleError(f"{run_dir / EMBED_META} was written by an older version of lookalike: "
                                    "re-run 01_embed (it embeds the catalog again)")
-    if postprocessed and meta["options"]["postprocess"] == "whiten":
+    if postprocessed and whitening.is_learned(meta["options"]):
         embeddings = whitening.Whitening.load(run_dir / runfolder.WHITENING).apply(embeddings)
     return embeddings, items, meta
 

@@ -1,4 +1,5 @@
-"""PCA-whitening learned on the catalog itself (01's ``postprocess="whiten"``).
+"""PCA-whitening learned on the catalog itself (01's ``postprocess="whiten"``); also the form
+in which 01's ``adapt="whiten-pairs"`` is saved and applied (``helpers.adaptation``).
 
 Centres the vectors, rotates them onto their principal axes and divides each axis by
 the square root of its variance (plus a small floor, so near-empty axes of a small
@@ -21,6 +22,12 @@ from .vectors import l2_normalise
 
 POSTPROCESS = ("none", "whiten")
 FLOOR = 0.1  # eigenvalue floor as a share of the mean eigenvalue (regularises small catalogs)
+
+
+def is_learned(options: dict) -> bool:
+    """Whether a run with these (recorded) options has a learned transform (``runfolder.WHITENING``):
+    01's ``postprocess="whiten"``, or its ``adapt`` (``helpers.adaptation``), which saves one too."""
+    return options.get("postprocess", "none") != "none" or options.get("adapt", "none") != "none"
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Edited copies of catalog images, made by 05's generator and embedded exactly like the
+catalog: the pairs 01's adaptation learns from (``adaptation``) and 03's calibration
+measures with (``calibration``).
+
+Sources are chosen by their seeded sha256, one per product, so a growing catalog keeps
+almost the same ones and a re-run chooses the same ones. Background swaps use real photos:
+the folder given, else Debian's wallpapers when installed, else generated backgrounds.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import edits
+
+BACKGROUND_FOLDERS = ("/usr/share/backgrounds", "/usr/share/wallpapers")  # Debian's photos, when installed
+PART = 50  # sources made into copies together, with one seed: parts run in parallel
+
+
+def choose_sources(items: pd.DataFrame, n: int, seed: int = 0) -> np.ndarray:
+    """Rows of up to ``n`` distinct products, the ones whose seeded sha256 sorts first."""
+    rank = items["sha256"].map(lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+    order = rank.sort_values(kind="stable").index.to_numpy()
+    first = items.loc[order].drop_duplicates("productId").index.to_numpy()[:n]
+    return np.sort(items.index.get_indexer(first))
+
+
+def background_folder(backgrounds=None) -> Path | None:
+    """The background photos for the background swaps: the given folder, else Debian's
+    wallpapers when installed (None: generated backgrounds)."""
+    if backgrounds:
+        folder = Path(backgrounds)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"backgrounds={backgrounds!r} is not a folder of background photos")
+        return folder
+    return next((Path(f) for f in BACKGROUND_FOLDERS if Path(f).is_dir()), None)
+
+
+def make_copies(image_dir: str | Path, paths: list[str], folder: Path, backgrounds, seed: int = 0,
+                max_side: int = edits.SOURCE_MAX_SIDE) -> pd.DataFrame:
+    """One copy per kind of edit of each of ``paths`` (under ``image_dir``, shrunk to at most
+    ``max_side`` px first), written under ``folder`` in parts of ``PART`` sources made on every
+    core, each part with its own seed (so the copies are the same on any machine): the labels,
+    without the sources' own copies, paths relative to ``folder``. ValueError when none of
+    the sources can be read."""
+    parts = [paths[i:i + PART] for i in range(0, len(paths), PART)]
+
+    def make(k: int) -> pd.DataFrame | None:
+        try:
+            made = edits.make_near_duplicates(image_dir, parts[k], folder / f"part{k:04d}",
+                                              variants_per_source=len(edits.TRANSFORMS), backgrounds=backgrounds,
+                                              seed=seed * 100_003 + k, max_side=max_side)
+        except ValueError:  # none of this part's sources could be read
+            return None
+        return made.assign(path=f"part{k:04d}/" + made["path"])
+
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        made = [m for m in pool.map(make, range(len(parts))) if m is not None]
+    if not made:
+        raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
+                         "images?): there are no copies to make")
+    labels = pd.concat(made, ignore_index=True)
+    return labels[labels["transform"] != "source"]
+
+
+def embed_copies(image_dir: str | Path, paths: list[str], folder: Path, options, backgrounds,
+                 seed: int = 0, max_side: int = edits.SOURCE_MAX_SIDE) -> tuple[pd.DataFrame, np.ndarray]:
+    """``make_copies``, embedded with ``options``: (labels indexed by the copy's path, with
+    "source" and "transform"; their raw vectors, for the copies that could be read back)."""
+    from .decode import query_pictures
+
+    labels = make_copies(image_dir, paths, folder, backgrounds, seed, max_side)
+    model = options.embedder()
+    kept, vectors = [], []
+    for start in range(0, len(labels), 64):
+        chunk = labels["path"].iloc[start:start + 64]
+        names, batch = query_pictures([folder / p for p in chunk], model.image_size, options)
+        read = set(names)
+        kept += [p for p in chunk if str(folder / p) in read]
+        if batch:
+            vectors.append(model(np.stack(batch)))
+    found = np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float32)
+    return labels.set_index("path").loc[kept], found
