@@ -14,8 +14,9 @@ copy against catalog images (``learn_head``).
 
 The result is a ``whitening.Whitening`` saved as ``runfolder.WHITENING``, so every reader of
 the run, ``search_by_image`` and 03's calibration apply it exactly as the catalog got it. The
-copies' vectors are kept (``runfolder.ADAPTATION_PAIRS``) with the key they were made for:
-the edits are seeded by the sources' sha256, so a re-run reuses them and equals a fresh run.
+copies' vectors are kept (``runfolder.ADAPTATION_PAIRS``) with the key they were made for.
+The sources are chosen by their sha256 and the edits are seeded, so a re-run reuses the
+copies and equals a fresh run.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The pairs that calibrate 03's near-duplicate rule (``duplicates.calibrate``).
 
 ``CALIBRATION_SOURCES`` catalog images, chosen by their sha256 (so a growing catalog keeps
-almost the same ones), get one copy per kind of edit from 05's generator (``copies``). The copies are decoded and embedded exactly like the
-catalog (the run's own options and whitening) and kept in ``run_dir/duplicate_calibration/``
+almost the same ones), get one copy per kind of edit from 05's generator (``copies``). The
+copies are decoded and embedded exactly like the catalog (the run's own options and its
+whitening or adaptation) and kept in ``run_dir/duplicate_calibration/``
 with the key they were made for, so the next 03 reuses them. Each copy is then paired with
 its nearest catalog images: its source is a positive, other products are negatives (near-
 copies of the source itself count as neither: the catalog may really hold them twice).
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import copies as copies_mod, edits, runfolder, verify
+from . import copies as copies_mod, edits, runfolder, verify, whitening
 
 CALIBRATION_SOURCES = 100   # catalog images that get edited copies
 CALIBRATION_CANDIDATES = 3  # each copy's nearest catalog images that it is paired with
@@ -34,11 +35,8 @@ def edited_copies(run_dir: Path, items: pd.DataFrame, embed_meta: dict, backgrou
                   seed: int = 0) -> dict:
     """{"vectors", "source_rows", "kinds", "paths", "sha256", "folder"} of the calibration copies, made
     and embedded now unless the saved ones were made for the same options and sources."""
-    from .options import EmbeddingOptions
-
     rows = copies_mod.choose_sources(items, CALIBRATION_SOURCES, seed=seed)
-    options = embed_meta["options"]
-    vector_key = embed_meta["computed_from"]["store_key"] if EmbeddingOptions.of(options).learned \
+    vector_key = embed_meta["computed_from"]["store_key"] if whitening.is_learned(embed_meta["options"]) \
         else embed_meta["computed_from"]["options_key"]
     key = runfolder.key_of([VERSION, vector_key, items["sha256"].to_numpy()[rows].tolist(), seed,
                             edits.TRANSFORMS, str(backgrounds)])
@@ -68,9 +66,7 @@ def _make(run_dir: Path, folder: Path, items: pd.DataFrame, rows: np.ndarray, em
     except ValueError as exc:  # none of the sources could be read
         raise CalibrationError(str(exc)) from None
     if options.learned:
-        from .whitening import Whitening
-
-        vectors = Whitening.load(run_dir / runfolder.WHITENING).apply(vectors)
+        vectors = whitening.Whitening.load(run_dir / runfolder.WHITENING).apply(vectors)
     row_of = dict(zip(items["path"], range(len(items))))
     kept = labels.index.tolist()
     return {"vectors": vectors,
