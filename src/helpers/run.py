@@ -141,7 +141,7 @@ def _run_notebook(nb: Path, out_dir: Path, parameters: dict, embeddings_from: Pa
     started = time.perf_counter()
     if embeddings_from is not None and nb.name == EMBED_NOTEBOOK:
         run_dir = out_dir.parent
-        for name in (runfolder.WHITENING,) + runfolder.STORE_FILES:  # the record last
+        for name in (runfolder.WHITENING, runfolder.ADAPTATION_PAIRS) + runfolder.STORE_FILES:  # the record last
             if (embeddings_from / name).exists():
                 shutil.copy2(embeddings_from / name, run_dir / name)
         for suffix in (".ipynb", ".html"):
