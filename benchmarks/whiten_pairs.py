@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/whiten_pairs.py [--catalog sample|fluent|both|fashion-mnist] [--backgrounds DIR]
     .venv/bin/python benchmarks/whiten_pairs.py --cost IMAGE_DIR   # 01's fitting cost
+    .venv/bin/python benchmarks/whiten_pairs.py --sellers          # the sample's second sellers at rank 1
 
 For a catalog embedded with the default options: near-duplicate sources (``edits.pick_sources``)
 are split in two halves by a seeded shuffle. Each source of both halves gets one edited copy per
@@ -162,6 +163,27 @@ def fitting_cost(images: Path, work: Path) -> list[dict]:
     return rows
 
 
+def second_sellers(work: Path) -> list[dict]:
+    """The sample's second-seller images (``X_seller2``): is the first seller's image their
+    nearest other image, for each ``adapt`` (learned by 01 on the sample itself)?"""
+    catalog = ROOT / "data" / "sample"
+    rows = []
+    for method in adaptation.ADAPT:
+        embed.embed_folder(catalog, work / "run", catalog=catalog / "image_data.json", adapt=method, progress=False)
+        vectors, items, _ = store.load_store(work / "run")
+        stems = items["path"].map(lambda p: Path(p).stem).to_numpy()
+        row_of = {stem: i for i, stem in enumerate(stems)}
+        sellers = [i for i, stem in enumerate(stems) if stem.endswith("_seller2")]
+        sims = vectors[sellers] @ vectors.T
+        sims[np.arange(len(sellers)), sellers] = -np.inf
+        first = np.array([row_of[stems[i].replace("_seller2", "")] for i in sellers])
+        row = {"catalog": "sample", "method": method, "second sellers": len(sellers),
+               "first seller at rank 1": int((sims.argmax(axis=1) == first).sum())}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", choices=["sample", "fluent", "both", "fashion-mnist"], default="both")
@@ -170,12 +192,16 @@ def main() -> None:
                         help="edited copies of each fitting source per kind of edit")
     parser.add_argument("--only", default="", help="only the methods whose name holds this")
     parser.add_argument("--cost", metavar="IMAGE_DIR", help="measure 01's fitting cost on this folder instead")
+    parser.add_argument("--sellers", action="store_true", help="the sample's second sellers at rank 1 instead")
     args = parser.parse_args()
     print(json.dumps({"machine": machine(), "backgrounds": args.backgrounds}))
     from quality import fluent_catalog
 
     catalogs = {"sample": lambda: ROOT / "data" / "sample", "fluent": fluent_catalog}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.sellers:
+            second_sellers(Path(tmp))
+            return
         if args.cost:
             fitting_cost(Path(args.cost), Path(tmp))
             return
