@@ -95,16 +95,24 @@ def pair_vectors(name: str, image_dir: Path, work: Path, backgrounds, fit_per_ki
 
 
 def methods_for(v: dict) -> dict:
+    """Each method's name and how to learn its projection (learned only when it is measured)."""
     catalog, fit_sources, fit_copies = v["catalog"], v["fit_sources"], v["fit_copies"]
-    methods = {"none": l2_normalise, "pca-whiten": whitening.learn(catalog).apply}
-    for shrink in (0.1, 1.0, 10.0):
-        methods[f"whiten-pairs, shrink {shrink:g}"] = learn_pairs(fit_sources, fit_copies, catalog, shrink).apply
-    for shrink in (1.0, 10.0):
+
+    def not_centred(shrink: float):
         learned = learn_pairs(fit_sources, fit_copies, catalog, shrink)
-        methods[f"whiten-pairs, shrink {shrink:g}, not centred"] = \
-            whitening.Whitening(np.zeros_like(learned.mean), learned.projection).apply
-    source_rows = (fit_sources @ catalog.T).argmax(axis=1)  # each source is a catalog row
-    methods["head"] = adaptation.learn_head(source_rows, fit_copies, catalog).apply
+        return whitening.Whitening(np.zeros_like(learned.mean), learned.projection).apply
+
+    def head():
+        source_rows = (fit_sources @ catalog.T).argmax(axis=1)  # each source is a catalog row
+        return adaptation.learn_head(source_rows, fit_copies, catalog).apply
+
+    methods = {"none": lambda: l2_normalise, "pca-whiten": lambda: whitening.learn(catalog).apply}
+    for shrink in (0.1, 1.0, 10.0):
+        methods[f"whiten-pairs, shrink {shrink:g}"] = \
+            lambda shrink=shrink: learn_pairs(fit_sources, fit_copies, catalog, shrink).apply
+    for shrink in (1.0, 10.0):
+        methods[f"whiten-pairs, shrink {shrink:g}, not centred"] = lambda shrink=shrink: not_centred(shrink)
+    methods["head"] = head
     return methods
 
 
@@ -113,9 +121,10 @@ def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: i
     v = pair_vectors(name, image_dir, work, backgrounds, fit_per_kind)
     catalog, test_copies, truth, kinds = v["catalog"], v["test_copies"], v["truth"], v["kinds"]
     rows = []
-    for method, project in methods_for(v).items():
+    for method, learn in methods_for(v).items():
         if only not in method:
             continue
+        project = learn()
         hit = (project(test_copies) @ project(catalog).T).argmax(axis=1) == truth
         row = {"catalog": name, "method": method, "fit sources": int(v["n_fit"]), "fit pairs": len(v["fit_copies"]),
                "held-out sources": int(v["n_held_out"]),

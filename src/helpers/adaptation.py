@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from . import copies, runfolder, whitening
-from .vectors import l2_normalise
 
 ADAPT = ("none", "whiten-pairs", "head")
 ADAPT_SOURCES = 500  # catalog images (one per product) that get edited copies ...
@@ -144,7 +143,7 @@ def _make(image_dir: Path, items: pd.DataFrame, rows: np.ndarray, options, backg
                                                   ADAPT_MAX_SIDE)
         except ValueError:  # none of the sources could be read: nothing to learn from
             labels, vectors = pd.DataFrame(columns=["source", "transform"]), np.zeros((0, 0), np.float32)
-    return {"vectors": l2_normalise(vectors) if len(vectors) else vectors,
+    return {"vectors": vectors,  # unit length, as the embedder gives them
             "source_sha256": labels["source"].map(sha_of).to_numpy(str),
             "kinds": labels["transform"].to_numpy(str)}
 
