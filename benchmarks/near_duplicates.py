@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from embed_throughput import machine  # noqa: E402
 
-from helpers import edits, embed, images, neighbors, runfolder  # noqa: E402
+from helpers import duplicates, edits, embed, images, neighbors, runfolder  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "brick", "grass",
           "gravel", "immunohistochemistry")
@@ -87,7 +87,7 @@ def quality(catalog: Path, n_sources: int, variants: int, work: Path) -> None:
     print(f"| pair recall (all pairs of one source) | {scores['recall']:.3f} |")
     for kind, value in scores["by_kind"].items():
         print(f"| recall: {kind} (copy with its source) | {value:.3f} |")
-    print(f"| rule | accept >= {rule['accept']}, or >= {rule['verify']} with {rule['min_inliers']} inliers |")
+    print(f"| rule | {duplicates.describe(rule)} |")
     print(f"| estimated by the calibration | precision {rule['precision']}, recall {rule['recall']} |")
     print(f"| 01 seconds / 03 seconds (of which near-duplicates) | {embedded:.1f} / {meta['seconds']:.1f} "
           f"({meta['duplicate_seconds']:.1f}) |")
@@ -130,7 +130,7 @@ def cost(n_images: int, work: Path) -> None:
     start = time.perf_counter()
     again = neighbors.write_neighbors(run_dir, refresh=False)
     t03_again = time.perf_counter() - start
-    per_image, per_pair = unit_costs()
+    per_image, per_pair, per_alignment = unit_costs()
     extra = t03_auto - t03
     print(f"\n### Cost on {n_images:,} Fashion-MNIST images (112 px PNG)\n\nMachine: {machine()}\n")
     print("| step | seconds |\n|---|---|")
@@ -140,13 +140,15 @@ def cost(n_images: int, work: Path) -> None:
     print(f"| added to 01 + 03 | {extra:.1f} s = {extra / (t01 + t03):.0%} |")
     print(f"| keypoints per image (one thread) | {per_image * 1000:.1f} ms |")
     print(f"| keypoint check per pair (two threads) | {per_pair * 1000:.2f} ms |")
+    print(f"| alignment check per pair (two threads) | {per_alignment * 1000:.2f} ms |")
     print(f"\nchecked pairs: {auto['verified_pairs']} verified of {auto['near_duplicate_pairs']} listed; "
           f"rule {auto['duplicate_rule']}; fixed threshold listed {fixed['near_duplicate_pairs']}; "
           f"again {again['near_duplicate_pairs']}")
 
 
-def unit_costs(n: int = 300) -> tuple[float, float]:
-    """Seconds per image for keypoints (one thread) and per checked pair (two threads), on
+def unit_costs(n: int = 300) -> tuple[float, float, float]:
+    """Seconds per image for keypoints and thumbnail (one thread), per keypoint check and per
+    alignment check of a pair (two threads), on
     scikit-image's photos re-framed to 600-1600 px (``embed_throughput.make_images``)."""
     from embed_throughput import make_images
 
@@ -160,7 +162,10 @@ def unit_costs(n: int = 300) -> tuple[float, float]:
     pairs = [(names[i], names[(i * 7 + 3) % len(names)]) for i in range(len(names))]
     start = time.perf_counter()
     verify.pair_inliers(pairs, found)
-    return per_image, (time.perf_counter() - start) / len(pairs)
+    per_pair = (time.perf_counter() - start) / len(pairs)
+    start = time.perf_counter()
+    verify.pair_alignment(pairs, found)
+    return per_image, per_pair, (time.perf_counter() - start) / len(pairs)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/whiten_pairs.py [--catalog sample|fluent|both|fashion-mnist] [--backgrounds DIR]
     .venv/bin/python benchmarks/whiten_pairs.py --cost IMAGE_DIR   # 01's fitting cost
     .venv/bin/python benchmarks/whiten_pairs.py --sellers          # the sample's second sellers at rank 1
+    .venv/bin/python benchmarks/whiten_pairs.py --options hog_weight=0 --as-01   # other embedding options
 
 For a catalog embedded with the default options: near-duplicate sources (``edits.pick_sources``)
 are split in two halves by a seeded shuffle. Each source of both halves gets one edited copy per
@@ -15,6 +16,8 @@ find its source among all catalog images?) is measured on the other half's copie
     ``adapt="whiten-pairs"`` (``helpers.adaptation.learn_pairs``) at several ``shrink``; "not
     centred" leaves out the catalog's mean;
   - head: 01's ``adapt="head"`` (``helpers.adaptation.learn_head``).
+``--options name=value ...`` embeds everything with other ``EmbeddingOptions`` (the outline off,
+centre weighting, regional pooling); ``--as-01`` measures only 01's three ``adapt`` values.
 Prints one JSON row per method; paste the table into docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -30,13 +33,14 @@ import pandas as pd
 from embed_throughput import machine
 from helpers import adaptation, edits, embed, store, whitening
 from helpers.adaptation import learn_pairs
+from helpers.options import EmbeddingOptions
 from helpers.vectors import l2_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 WALLPAPERS = Path("/usr/share/backgrounds")
 
 
-def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds,
+def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds, options: EmbeddingOptions,
               per_kind: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
     """The held-out half's queries: ``per_kind`` copies per kind of edit of each path (05's
     generator at full size, one seeded set each), embedded as a catalog: (vectors, labels)."""
@@ -45,7 +49,7 @@ def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds,
         folder = out / f"set_{k}"
         edits.make_near_duplicates(image_dir, paths, folder, variants_per_source=len(edits.TRANSFORMS),
                                    backgrounds=backgrounds, seed=k)
-        embed.embed_folder(folder, folder / "run", catalog=folder / "image_data.json", progress=False)
+        embed.embed_folder(folder, folder / "run", options, catalog=folder / "image_data.json", progress=False)
         v, items, _ = store.load_store(folder / "run", postprocessed=False)
         table = pd.read_csv(folder / "labels.csv").set_index("path").loc[items["path"]]
         edited = table["transform"].to_numpy() != "source"
@@ -54,14 +58,13 @@ def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds,
     return np.concatenate(vectors), pd.concat(labels)
 
 
-def fitting_copies(image_dir: Path, paths: list[str], out: Path, backgrounds,
+def fitting_copies(image_dir: Path, paths: list[str], out: Path, backgrounds, options: EmbeddingOptions,
                    per_kind: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
     """The fitting half's copies made as 01's adaptation makes them (``copies.embed_copies`` at
     ``adaptation.ADAPT_MAX_SIDE``), ``per_kind`` seeded sets: (vectors, labels)."""
     from helpers import copies
-    from helpers.options import EmbeddingOptions
 
-    made = [copies.embed_copies(image_dir, paths, out / f"set_{k}", EmbeddingOptions(), backgrounds,
+    made = [copies.embed_copies(image_dir, paths, out / f"set_{k}", options, backgrounds,
                                 adaptation.SEED + k, adaptation.ADAPT_MAX_SIDE) for k in range(per_kind)]
     return np.concatenate([v for _, v in made]), pd.concat([labels for labels, _ in made])
 
@@ -69,22 +72,27 @@ def fitting_copies(image_dir: Path, paths: list[str], out: Path, backgrounds,
 CACHE = ROOT / "benchmarks" / "cache" / "whiten_pairs"
 
 
-def pair_vectors(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: int = 1) -> dict:
+def pair_vectors(name: str, image_dir: Path, work: Path, backgrounds, options: EmbeddingOptions,
+                 fit_per_kind: int = 1) -> dict:
     """The catalog's vectors, the fitting half's (source, copy) pairs and the held-out half's
-    copies; cached in benchmarks/cache by catalog and settings (delete it after a model change)."""
-    saved = CACHE / f"{name}_{fit_per_kind}_{Path(str(backgrounds)).name}_as01.npz"
+    copies; cached in benchmarks/cache by catalog, settings and options (the default's name is
+    the one it always had)."""
+    tag = "" if options == EmbeddingOptions() else f"_{options.vector_key()[:12]}"
+    saved = CACHE / f"{name}_{fit_per_kind}_{Path(str(backgrounds)).name}_as01{tag}.npz"
     if saved.exists():
         with np.load(saved) as f:
             return dict(f)
-    embed.embed_folder(image_dir, work / "catalog", links="all", progress=False)
+    embed.embed_folder(image_dir, work / "catalog", options, links="all", progress=False)
     catalog, items, _ = store.load_store(work / "catalog", postprocessed=False)
     sources = edits.pick_sources(catalog)
     np.random.default_rng(1).shuffle(sources)
     fit, held_out = np.sort(sources[: len(sources) // 2]), np.sort(sources[len(sources) // 2:])
     row_of = {p: i for i, p in enumerate(items["path"])}
     paths = items["path"].to_numpy()
-    fit_copies, fit_labels = fitting_copies(image_dir, paths[fit].tolist(), work / "fit", backgrounds, fit_per_kind)
-    test_copies, test_labels = copies_of(image_dir, paths[held_out].tolist(), work / "held_out", backgrounds)
+    fit_copies, fit_labels = fitting_copies(image_dir, paths[fit].tolist(), work / "fit", backgrounds, options,
+                                            fit_per_kind)
+    test_copies, test_labels = copies_of(image_dir, paths[held_out].tolist(), work / "held_out", backgrounds,
+                                         options)
     found = {"catalog": catalog, "fit_sources": catalog[[row_of[p] for p in fit_labels["source"]]],
              "fit_copies": fit_copies, "fit_kinds": fit_labels["transform"].to_numpy(str),
              "test_copies": test_copies, "truth": np.array([row_of[p] for p in test_labels["source"]]),
@@ -92,6 +100,9 @@ def pair_vectors(name: str, image_dir: Path, work: Path, backgrounds, fit_per_ki
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(saved, **found)
     return found
+
+
+AS_01 = {"none": "none", "whiten-pairs, shrink 1": "whiten-pairs", "head": "head"}  # method: 01's adapt
 
 
 def methods_for(v: dict) -> dict:
@@ -116,17 +127,18 @@ def methods_for(v: dict) -> dict:
     return methods
 
 
-def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: int = 1,
-            only: str = "") -> list[dict]:
-    v = pair_vectors(name, image_dir, work, backgrounds, fit_per_kind)
+def measure(name: str, image_dir: Path, work: Path, backgrounds, options: EmbeddingOptions,
+            fit_per_kind: int = 1, only: str = "", as_01: bool = False) -> list[dict]:
+    v = pair_vectors(name, image_dir, work, backgrounds, options, fit_per_kind)
     catalog, test_copies, truth, kinds = v["catalog"], v["test_copies"], v["truth"], v["kinds"]
     rows = []
     for method, learn in methods_for(v).items():
-        if only not in method:
+        if only not in method or (as_01 and method not in AS_01):
             continue
         project = learn()
         hit = (project(test_copies) @ project(catalog).T).argmax(axis=1) == truth
-        row = {"catalog": name, "method": method, "fit sources": int(v["n_fit"]), "fit pairs": len(v["fit_copies"]),
+        row = {"catalog": name, "options": options_shown(options), "method": method,
+               "fit sources": int(v["n_fit"]), "fit pairs": len(v["fit_copies"]),
                "held-out sources": int(v["n_held_out"]),
                "r@1 all": round(float(hit.mean()), 3),
                **{f"r@1 {kind}": round(float(hit[kinds == kind].mean()), 3) for kind in edits.TRANSFORMS}}
@@ -135,23 +147,31 @@ def measure(name: str, image_dir: Path, work: Path, backgrounds, fit_per_kind: i
     return rows
 
 
-def fashion_mnist_rows(backgrounds, n_sources: int = adaptation.ADAPT_SOURCES) -> list[dict]:
+def options_shown(options: EmbeddingOptions) -> str:
+    """The options that differ from the defaults, e.g. "hog_weight=0" ("default" when none do)."""
+    default = EmbeddingOptions().as_dict()
+    changed = {k: v for k, v in options.as_dict().items() if v != default[k] and k != "adapt"}
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()) or "default"
+
+
+def fashion_mnist_rows(backgrounds, options: EmbeddingOptions,
+                       n_sources: int = adaptation.ADAPT_SOURCES) -> list[dict]:
     """Fashion-MNIST precision@20 (1,000 test queries against the 60,000 train images), with
     the adaptation learned as 01 would on that gallery: edited copies of its first
     ``n_sources`` images (the queries are test images, never fitted on)."""
     from helpers import benchmarks, evaluate, fashion_mnist
     from helpers.models import cache_dir
-    from helpers.options import EmbeddingOptions
 
     train_x, _ = fashion_mnist.load("train")
     rows = []
     for method in adaptation.ADAPT:
-        options = EmbeddingOptions(adapt=method)
-        learn = adaptation.pair_learner(train_x[:n_sources], options, backgrounds) if method != "none" else None
-        result = benchmarks.fashion_mnist_benchmark(evaluate.fashion_mnist_embedder(options, progress=False),
+        adapted = EmbeddingOptions.of(options.as_dict(), adapt=method)
+        learn = adaptation.pair_learner(train_x[:n_sources], adapted, backgrounds) if method != "none" else None
+        result = benchmarks.fashion_mnist_benchmark(evaluate.fashion_mnist_embedder(adapted, progress=False),
                                                     cache_dir=cache_dir() / "benchmarks" / "fashion-mnist",
-                                                    cache_key=options.vector_key(), learn=learn)
-        row = {"catalog": "fashion-mnist", "method": method, "fit sources": n_sources,
+                                                    cache_key=adapted.vector_key(), learn=learn)
+        row = {"catalog": "fashion-mnist", "options": options_shown(options), "method": method,
+               "fit sources": n_sources,
                "p@20": round(float(result["summary"].loc["all", "precision@20"]), 4)}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -202,7 +222,12 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only the methods whose name holds this")
     parser.add_argument("--cost", metavar="IMAGE_DIR", help="measure 01's fitting cost on this folder instead")
     parser.add_argument("--sellers", action="store_true", help="the sample's second sellers at rank 1 instead")
+    parser.add_argument("--options", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="embedding options other than the defaults, e.g. hog_weight=0 pooling=regional")
+    parser.add_argument("--as-01", action="store_true", help="only 01's adapt values (none, whiten-pairs, head)")
     args = parser.parse_args()
+    options = EmbeddingOptions.of(**{k: (float(v) if k == "hog_weight" else v)
+                                     for k, v in (pair.split("=", 1) for pair in args.options)})
     print(json.dumps({"machine": machine(), "backgrounds": args.backgrounds}))
     from quality import fluent_catalog
 
@@ -215,11 +240,11 @@ def main() -> None:
             fitting_cost(Path(args.cost), Path(tmp))
             return
         if args.catalog == "fashion-mnist":
-            fashion_mnist_rows(args.backgrounds)
+            fashion_mnist_rows(args.backgrounds, options)
             return
         for name in (["sample", "fluent"] if args.catalog == "both" else [args.catalog]):
-            measure(name, catalogs[name](), Path(tmp) / name, args.backgrounds, args.fit_copies_per_kind,
-                    args.only)
+            measure(name, catalogs[name](), Path(tmp) / name, args.backgrounds, options, args.fit_copies_per_kind,
+                    args.only, args.as_01)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,41 @@ def test_keypoints_match_copies_not_different_photos():
     assert len(blank.points) == 0 and verify.inliers(base, blank) == 0
 
 
+def packshot(name: str, size: int = 400) -> tuple[Image.Image, Image.Image]:
+    """A photo cut to an ellipse on white, as a product is shot: (picture, mask)."""
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).ellipse((40, 60, size - 40, size - 20), fill=255)
+    shot = Image.new("RGB", (size, size), "white")
+    shot.paste(photo(name).resize((size, size)), (0, 0), mask)
+    return shot, mask
+
+
+def restaged(name: str, scene: str, scale: float = 0.7, at=(90, 30)) -> Image.Image:
+    """The packshot made smaller and pasted somewhere on another photo."""
+    shot, mask = packshot(name)
+    canvas = photo(scene).resize(shot.size)
+    side = round(shot.width * scale)
+    canvas.paste(shot.resize((side, side)), at, mask.resize((side, side)))
+    return canvas
+
+
+def test_alignment_finds_a_packshot_restaged_on_a_new_background():
+    source = verify.Keypoints.of(packshot("astronaut")[0])
+    for scene in ("brick", "grass", "coffee"):
+        assert verify.alignment(source, verify.Keypoints.of(restaged("astronaut", scene))) >= 0.85, scene
+        assert verify.alignment(source, verify.Keypoints.of(restaged("chelsea", scene))) < 0.6, scene
+    other_on_brick, copy_on_brick = (verify.Keypoints.of(restaged(n, "brick")) for n in ("chelsea", "astronaut"))
+    assert verify.alignment(copy_on_brick, other_on_brick) < 0.6  # the same scene, another product
+    for other in ("chelsea", "rocket"):
+        assert verify.alignment(source, verify.Keypoints.of(packshot(other)[0])) < 0.6, other
+    squashed = verify.Keypoints.of(packshot("astronaut")[0].resize((400, 260)))
+    assert verify.alignment(source, squashed) >= 0.95  # thumbnails are squares: an aspect change is undone
+    blank = verify.Keypoints.of(np.full((64, 64, 3), 255, np.uint8))
+    assert verify.alignment(blank, blank) == -1.0  # nothing to align
+
+
 def test_keypoints_and_matches_are_cached_by_content(tmp_path):
     images_dir = tmp_path / "images"
     images_dir.mkdir()
@@ -145,6 +180,8 @@ def test_keypoints_and_matches_are_cached_by_content(tmp_path):
     again = verify.KeypointCache(tmp_path / "run", images_dir)
     assert again.many(["a.png", "b.png"], ["sha-a", "sha-b"]).keys() == found.keys() and again.computed == 0
     assert again.pair_inliers([("sha-a", "sha-b")], {}).tolist() == first.tolist()  # remembered, not matched
+    aligned = cache.pair_alignment([("sha-a", "sha-b")], found)
+    assert again.pair_alignment([("sha-a", "sha-b")], {}).tolist() == aligned.tolist()
     assert again.get("missing.png", "sha-c") is None  # an unreadable image has no keypoints
 
 
@@ -159,6 +196,11 @@ def test_calibrate_picks_the_highest_recall_that_reaches_the_precision():
     assert rule.recall_by_edit == {"background": 1.0, "crop": 1.0}
     plain = duplicates.calibrate(pairs.assign(inliers=0), precision=0.95)  # no keypoint evidence
     assert plain.recall == 0.6 and plain.accept > 0.85
+    # no keypoints on the background swaps, but their pixels align with the source's; look-alikes' do not
+    aligned = pairs.assign(inliers=0, alignment=[-1.0] * 6 + [0.93] * 4 + [0.7] * 3 + [0.5] * 20)
+    rule = duplicates.calibrate(aligned, precision=0.95)
+    assert rule.recall == 1.0 and rule.min_inliers is None and 0.7 < rule.min_alignment <= 0.93
+    assert "alignment" in duplicates.describe(rule.as_dict())
 
 
 def test_bad_thresholds_are_refused_by_name(photo_run):

@@ -7,6 +7,7 @@ from PIL import Image
 
 from conftest import photo
 from helpers import features, models
+from helpers.vectors import l2_normalise
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,19 @@ def test_gem_between_average_and_max():
     assert np.all(pooled >= fmap.mean(axis=(1, 2)) - 1e-6) and np.all(pooled <= fmap.max(axis=(1, 2)) + 1e-6)
     np.testing.assert_allclose(features.gem(np.full((1, 7, 7, 4), 2.0, np.float32)), 2.0, rtol=1e-5)
     np.testing.assert_allclose(features.gem(fmap, p=1.0), fmap.mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_regional_pooling_covers_the_map_at_three_sizes():
+    found = features.regions(7, 7)
+    assert found[0] == (0, 0, 7) and len(found) == 14
+    covered = np.zeros((7, 7), int)
+    for top, left, side in found:
+        assert top >= 0 and left >= 0 and top + side <= 7 and left + side <= 7
+        covered[top:top + side, left:left + side] += 1
+    assert covered.min() >= 3  # every cell in the whole map and at least one region of each level
+    uniform = np.random.default_rng(0).random((1, 1, 1, 8)).astype(np.float32) * np.ones((1, 7, 7, 8), np.float32)
+    np.testing.assert_allclose(l2_normalise(features.regional_gem(uniform)), l2_normalise(features.gem(uniform)),
+                               atol=1e-5)  # every region sees the same: the same direction as GeM
 
 
 def test_object_box_follows_the_activation_blob():

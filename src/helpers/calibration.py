@@ -20,9 +20,11 @@ from . import copies as copies_mod, edits, runfolder, verify, whitening
 CALIBRATION_SOURCES = 100   # catalog images that get edited copies
 CALIBRATION_CANDIDATES = 3  # each copy's nearest catalog images that it is paired with
 NEAR_COPY = 0.97            # catalog images this close to a source are neither right nor wrong ...
-STRONG_MATCH = 40           # ... nor are those whose keypoints agree with it this well (different products: 99% below 25)
+STRONG_MATCH = 40           # ... nor are those whose keypoints agree with it this well (different products: 99% below 25) ...
+STRONG_ALIGNMENT = 0.95     # ... or whose pixels align with it this well (renders with no keypoints)
 SCENE_NEIGHBORS = 2         # background copies paired with other products' background copies
-ACCEPTABLE_INLIERS = 6      # below this and ...
+ACCEPTABLE_INLIERS = 6      # below this, ...
+ACCEPTABLE_ALIGNMENT = 0.8  # ... this and ...
 ACCEPTABLE_SIMILARITY = 0.8  # ... this, no rule calls a wrong pair a copy: not worth checking
 VERSION = 3                 # bump when the copies change
 
@@ -77,10 +79,11 @@ def _make(run_dir: Path, folder: Path, items: pd.DataFrame, rows: np.ndarray, em
 
 def calibration_pairs(run_dir: str | Path, embeddings: np.ndarray, items: pd.DataFrame, embed_meta: dict,
                       backgrounds: Path | None = None, seed: int = 0) -> pd.DataFrame:
-    """(copy, catalog image) pairs: kind, similarity, inliers (-1: not checked), positive.
+    """(copy, catalog image) pairs: kind, similarity, inliers and alignment (-1: not checked), positive.
 
-    A catalog image the source itself matches strongly (``STRONG_MATCH`` inliers) is taken
-    for a copy the catalog already holds, and left out: neither right nor wrong.
+    A catalog image the source itself matches strongly (``STRONG_MATCH`` inliers or
+    ``STRONG_ALIGNMENT``) is taken for a copy the catalog already holds, and left out: neither
+    right nor wrong.
     """
     run_dir = Path(run_dir)
     copies = edited_copies(run_dir, items, embed_meta, backgrounds, seed)
@@ -92,15 +95,16 @@ def calibration_pairs(run_dir: str | Path, embeddings: np.ndarray, items: pd.Dat
     rows = np.unique(np.concatenate([pairs.loc[check, "row"], pairs["source"]]))
     found = cache.many(paths[rows].tolist(), hashes[rows].tolist())
     found |= verify.KeypointCache(run_dir, copies["folder"]).many(list(copy_sha), list(copy_sha.values()))
-    checked = pairs[check]
-    inliers = np.full(len(pairs), -1, np.int32)
-    inliers[check] = cache.pair_inliers(list(zip(checked["copy"].map(copy_sha), hashes[checked["row"]])), found)
-    pairs["inliers"] = inliers
-    # only a wrong pair a rule could accept needs the check: keypoints agreeing, or similar enough
+    checked = list(zip(pairs.loc[check, "copy"].map(copy_sha), hashes[pairs.loc[check, "row"]]))
+    pairs["inliers"], pairs["alignment"] = np.int32(-1), np.float32(-1)
+    pairs.loc[check, "inliers"] = cache.pair_inliers(checked, found)
+    pairs.loc[check, "alignment"] = cache.pair_alignment(checked, found)
+    # only a wrong pair a rule could accept needs the check: keypoints agreeing, aligned, or similar enough
     negatives = pairs[~pairs["positive"] & ((pairs["inliers"] >= ACCEPTABLE_INLIERS)
+                                            | (pairs["alignment"] >= ACCEPTABLE_ALIGNMENT)
                                             | (pairs["similarity"] >= ACCEPTABLE_SIMILARITY))]
-    held = cache.pair_inliers(list(zip(hashes[negatives["source"]], hashes[negatives["row"]])), found)
-    already = negatives.index[held >= STRONG_MATCH]
+    already = negatives.index[_held_twice(list(zip(hashes[negatives["source"]], hashes[negatives["row"]])),
+                                          found, cache)]
     pairs = pd.concat([pairs.drop(index=already), _shared_scenes(copies, embeddings, hashes, copy_sha, found, cache)],
                       ignore_index=True)
     return pairs.drop(columns="source")
@@ -110,7 +114,7 @@ def _shared_scenes(copies: dict, embeddings, hashes, copy_sha: dict, found: dict
     """Wrong pairs a catalog shot in scenes has: two products on the same background. Each
     background copy with its ``SCENE_NEIGHBORS`` nearest background copies of other sources
     (unless those sources are copies of each other)."""
-    columns = ["copy", "kind", "source", "row", "similarity", "positive", "inliers"]
+    columns = ["copy", "kind", "source", "row", "similarity", "positive", "inliers", "alignment"]
     swapped = np.flatnonzero(copies["kinds"] == "background")
     if len(swapped) < 2:
         return pd.DataFrame(columns=columns)
@@ -121,12 +125,23 @@ def _shared_scenes(copies: dict, embeddings, hashes, copy_sha: dict, found: dict
     rows = [(q, o) for q in range(len(swapped)) for o in np.argsort(-sims[q])[:take] if np.isfinite(sims[q, o])]
     source_pairs = [(hashes[sources[q]], hashes[sources[o]]) for q, o in rows]
     near = np.array([float(embeddings[sources[q]] @ embeddings[sources[o]]) >= NEAR_COPY for q, o in rows], bool)
-    held = cache.pair_inliers(source_pairs, found) if rows else np.zeros(0, int)
-    keep = [r for r, h, n in zip(rows, held, near) if h < STRONG_MATCH and not n]
+    held = _held_twice(source_pairs, found, cache)
+    keep = [r for r, h, n in zip(rows, held, near) if not h and not n]
     paths = copies["paths"][swapped]
-    inliers = cache.pair_inliers([(copy_sha[paths[q]], copy_sha[paths[o]]) for q, o in keep], found) if keep else []
-    return pd.DataFrame([(paths[q], "background", int(sources[q]), -1, float(sims[q, o]), False, int(n))
-                         for (q, o), n in zip(keep, inliers)], columns=columns)
+    checked = [(copy_sha[paths[q]], copy_sha[paths[o]]) for q, o in keep]
+    inliers = cache.pair_inliers(checked, found) if keep else []
+    aligned = cache.pair_alignment(checked, found) if keep else []
+    return pd.DataFrame([(paths[q], "background", int(sources[q]), -1, float(sims[q, o]), False, int(n), float(a))
+                         for (q, o), n, a in zip(keep, inliers, aligned)], columns=columns)
+
+
+def _held_twice(source_pairs: list[tuple[str, str]], found: dict, cache: verify.KeypointCache) -> np.ndarray:
+    """Which (source, other catalog image) pairs are the same picture held twice: the
+    keypoints agree strongly, or the pixels align."""
+    if not source_pairs:
+        return np.zeros(0, bool)
+    return (cache.pair_inliers(source_pairs, found) >= STRONG_MATCH) \
+        | (cache.pair_alignment(source_pairs, found) >= STRONG_ALIGNMENT)
 
 
 def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.DataFrame:

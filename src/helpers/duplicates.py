@@ -2,8 +2,9 @@
 copies, a geometric check for the uncertain band, and groups with a suggested keeper.
 
 **The rule.** A pair of products is a near-duplicate when its similarity is at least
-``accept``, or at least ``verify`` and ``min_inliers`` keypoint matches agree on one affine
-map (``helpers.verify``). ``calibrate`` chooses the three numbers.
+``accept``, or at least ``verify`` and either ``min_inliers`` keypoint matches agree on one
+affine map or one picture's object, resized and moved, matches the other's pixels with a
+correlation of ``min_alignment`` (``helpers.verify``). ``calibrate`` chooses the four numbers.
 
 **Calibration.** ``helpers.calibration`` pairs edited copies of catalog images (crop,
 mirror, downscale, recolour, re-encode, rotation up to 20°, aspect change, background swap
@@ -27,24 +28,32 @@ UNCALIBRATED = 0.95  # the threshold when the catalog's images cannot be read to
 VERIFY_TOP = 3              # per product, at most this many band neighbours are verified ...
 CHECKS_PER_PRODUCT = 0.2    # ... and at most this many checks per product in all (the most similar
 CHECKS_MIN = 200            # band pairs first, at least CHECKS_MIN): keypoints cost ~30 ms an image
-INLIER_STEPS = (6, 8, 10, 12, 15, 20, 25, 30, 40, 60)
+INLIER_STEPS = (6, 8, 10, 12, 15, 20, 25, 30, 40, 60, None)  # None: keypoints never decide
+ALIGNMENT_STEPS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, None)  # None: alignment never decides
 
 
 @dataclass
 class Rule:
     accept: float                    # at or above: a near-duplicate, no check needed
-    verify: float | None = None      # from here below accept: a near-duplicate if the keypoints agree
+    verify: float | None = None      # from here below accept: a near-duplicate if the keypoints agree ...
     min_inliers: int | None = None
+    min_alignment: float | None = None  # ... or the pictures align this well (verify.alignment)
     precision: float | None = None   # estimated on the calibration pairs
     recall: float | None = None
     recall_by_edit: dict = field(default_factory=dict)
     source: str = "calibrated"       # or "given": the user's threshold
 
-    def decide(self, similarity, inliers) -> np.ndarray:
+    def decide(self, similarity, inliers, alignment=None) -> np.ndarray:
         similarity, inliers = np.asarray(similarity), np.asarray(inliers)
+        alignment = np.full(similarity.shape, -1.0) if alignment is None else np.asarray(alignment)
         accepted = similarity >= self.accept
         if self.verify is not None:
-            accepted |= (similarity >= self.verify) & (inliers >= self.min_inliers)
+            evidence = np.zeros(similarity.shape, bool)
+            if self.min_inliers is not None:
+                evidence |= inliers >= self.min_inliers
+            if self.min_alignment is not None:
+                evidence |= alignment >= self.min_alignment
+            accepted |= (similarity >= self.verify) & evidence
         return accepted
 
     def needs_check(self, similarity) -> np.ndarray:
@@ -55,6 +64,17 @@ class Rule:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def describe(rule: dict) -> str:
+    """A rule (``Rule.as_dict()``, as recorded) in words: "accept >= 0.9, or >= 0.7 with 40
+    keypoints or alignment 0.92"."""
+    text = f"accept >= {rule['accept']:.4f}"
+    if rule.get("verify") is None:
+        return text
+    checks = ([f"{rule['min_inliers']} keypoints"] if rule.get("min_inliers") is not None else []) + \
+        ([f"alignment {rule['min_alignment']:g}"] if rule.get("min_alignment") is not None else [])
+    return f"{text}, or >= {rule['verify']:.4f} with {' or '.join(checks)}"
 
 
 def check_threshold(duplicate_threshold, duplicate_precision: float) -> None:
@@ -72,33 +92,51 @@ def calibrate(pairs: pd.DataFrame, precision: float = DEFAULT_PRECISION) -> Rule
     """The rule with the highest recall whose precision on ``pairs`` reaches ``precision``.
 
     ``pairs``: one row per (edited copy, catalog image) with ``similarity``, ``inliers``,
-    ``positive`` and ``kind`` (the edit). Recall counts every edited copy once (found when
-    its source's pair is accepted). Ties go to the rule that verifies fewer pairs.
+    ``alignment`` (-1 where not checked), ``positive`` and ``kind`` (the edit). Recall counts
+    every edited copy once (found when its source's pair is accepted). Ties go to the rule that
+    verifies fewer pairs.
     """
-    sim, inl, pos = (pairs[c].to_numpy() for c in ("similarity", "inliers", "positive"))
+    sim, pos = pairs["similarity"].to_numpy(), pairs["positive"].to_numpy(bool)
+    evidence = _evidence(pairs)  # (inlier steps x alignment steps, pairs)
     n_pos = max(1, int(pos.sum()))
     accepts = np.unique(np.round(np.quantile(sim[pos], np.linspace(0, 1, 201)), 4)) if pos.any() else []
     best, best_score = None, (-1.0, 0)
     for accept in np.concatenate([accepts, [1.01]]):
         plain = sim >= accept
-        options = [(None, None)] + [(v, n) for v in _verify_starts(sim[pos], accept) for n in INLIER_STEPS]
-        for start, n in options:
-            chosen = plain | ((sim >= start) & (sim < accept) & (inl >= n)) if start is not None else plain
-            found = int((chosen & pos).sum())
-            wrong = int((chosen & ~pos).sum())
-            if found == 0 or found / (found + wrong) < precision:
+        for start in [None] + _verify_starts(sim[pos], accept):
+            band = (sim >= start) & ~plain if start is not None else np.zeros_like(plain)
+            chosen = plain | (band & evidence) if start is not None else plain[None]
+            chosen = chosen.astype(np.float32)
+            found, wrong = chosen @ pos.astype(np.float32), chosen @ (~pos).astype(np.float32)  # per step
+            ok = (found > 0) & (found >= precision * np.maximum(1, found + wrong))
+            if not ok.any():
                 continue
-            checked = 0 if start is None else int(((sim >= start) & (sim < accept)).sum())
-            score = (found / n_pos, -checked)
+            step = int(np.flatnonzero(ok)[np.argmax(found[ok])])
+            score = (found[step] / n_pos, -int(band.sum()))
             if score > best_score:
-                best, best_score = (float(accept), start, n, found / (found + wrong)), score
+                best, best_score = (float(accept), start, step, found[step] / (found[step] + wrong[step])), score
     if best is None:  # nothing reaches the precision: only identical pictures
         return Rule(accept=1.0, precision=None, recall=0.0)
-    accept, start, n, reached = best
+    accept, start, step, reached = best
+    n, m = _STEPS[step] if start is not None else (None, None)
     rule = Rule(accept=round(min(accept, 1.0), 4), verify=None if start is None else round(float(start), 4),
-                min_inliers=n, precision=round(reached, 4), recall=round(best_score[0], 4))
+                min_inliers=n, min_alignment=m, precision=round(float(reached), 4),
+                recall=round(float(best_score[0]), 4))
     rule.recall_by_edit = _recall_by_edit(pairs, rule)
     return rule
+
+
+# (min_inliers, min_alignment): one check alone first, so a tie goes to the rule that needs one
+_STEPS = sorted(((n, m) for n in INLIER_STEPS for m in ALIGNMENT_STEPS if (n, m) != (None, None)),
+                key=lambda step: step.count(None), reverse=True)
+
+
+def _evidence(pairs: pd.DataFrame) -> np.ndarray:
+    """Per (min_inliers, min_alignment) step, which pairs the check passes."""
+    inl = pairs["inliers"].to_numpy()
+    aligned = pairs["alignment"].to_numpy() if "alignment" in pairs else np.full(len(pairs), -1.0)
+    return np.array([(inl >= n if n is not None else False) | (aligned >= m if m is not None else False)
+                     for n, m in _STEPS], bool).reshape(len(_STEPS), len(pairs))
 
 
 def _verify_starts(positive_sims: np.ndarray, accept: float) -> list[float]:
@@ -112,7 +150,7 @@ def _verify_starts(positive_sims: np.ndarray, accept: float) -> list[float]:
 
 def _recall_by_edit(pairs: pd.DataFrame, rule: Rule) -> dict:
     positives = pairs[pairs["positive"]]
-    found = rule.decide(positives["similarity"], positives["inliers"])
+    found = rule.decide(positives["similarity"], positives["inliers"], positives.get("alignment"))
     return {k: round(float(v), 4) for k, v in pd.Series(found).groupby(positives["kind"].to_numpy()).mean().items()}
 
 
@@ -148,26 +186,39 @@ def candidate_pairs(table: pd.DataFrame, rule: Rule) -> pd.DataFrame:
 def near_duplicates(table: pd.DataFrame, items: pd.DataFrame, rule: Rule,
                     keypoints: verify.KeypointCache | None) -> pd.DataFrame:
     """The product pairs the rule calls near-duplicates, most similar first, with the
-    keypoint evidence (``inliers``; -1 where no check was needed)."""
+    check's evidence (``inliers`` and ``alignment``; -1 where not needed)."""
     pairs = candidate_pairs(table, rule)
     check = rule.needs_check(pairs["similarity"])
     budget = max(CHECKS_MIN, int(CHECKS_PER_PRODUCT * table["master_pi"].nunique()))
     check &= np.cumsum(check) <= budget  # pairs are sorted most similar first
-    inliers = np.full(len(pairs), -1, np.int32)
+    pairs["inliers"], pairs["alignment"] = np.int32(-1), np.float32(-1)
     if check.any() and keypoints is not None:
-        sha = dict(zip(items["path"], items["sha256"]))
-        a, b = pairs.loc[check, "path_a"].map(sha), pairs.loc[check, "path_b"].map(sha)
-        paths = pd.concat([pairs.loc[check, "path_a"], pairs.loc[check, "path_b"]])
-        found = keypoints.many(paths.tolist(), paths.map(sha).tolist())
-        inliers[check] = keypoints.pair_inliers(list(zip(a, b)), found)
-    pairs["inliers"] = inliers
+        _check(pairs, check, items, rule, keypoints)
     pairs["verified"] = check
-    keep = rule.decide(pairs["similarity"], np.where(check, inliers, 0))
+    keep = rule.decide(pairs["similarity"], np.where(check, pairs["inliers"], 0),
+                       np.where(check, pairs["alignment"], -1.0))
     unchecked = int(rule.needs_check(pairs["similarity"]).sum() - check.sum())
-    columns = ["product_a", "product_b", "similarity", "inliers", "verified", "path_a", "path_b"]
+    columns = ["product_a", "product_b", "similarity", "inliers", "alignment", "verified", "path_a", "path_b"]
     found = pairs.loc[keep, columns].reset_index(drop=True)
     found.attrs["unchecked"] = unchecked  # band pairs past the budget: recorded, not checked
     return found
+
+
+def _check(pairs: pd.DataFrame, check: np.ndarray, items: pd.DataFrame, rule: Rule,
+           keypoints: verify.KeypointCache) -> None:
+    """Fill in the evidence the rule asks for, for the ``check`` pairs."""
+    sha = dict(zip(items["path"], items["sha256"]))
+    a, b = pairs.loc[check, "path_a"].map(sha), pairs.loc[check, "path_b"].map(sha)
+    paths = pd.concat([pairs.loc[check, "path_a"], pairs.loc[check, "path_b"]])
+    found = keypoints.many(paths.tolist(), paths.map(sha).tolist())
+    pending = np.ones(len(a), bool)
+    if rule.min_inliers is not None:
+        counts = keypoints.pair_inliers(list(zip(a, b)), found)
+        pairs.loc[check, "inliers"] = counts
+        pending = counts < rule.min_inliers
+    if rule.min_alignment is not None and pending.any():  # only where the keypoints did not decide
+        rows = pairs.index[check][pending]
+        pairs.loc[rows, "alignment"] = keypoints.pair_alignment(list(zip(a[pending], b[pending])), found)
 
 
 def find(run_dir: Path, table: pd.DataFrame, embeddings: np.ndarray, items: pd.DataFrame, embed_meta: dict,

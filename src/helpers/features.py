@@ -3,6 +3,9 @@
 - ``pooling="avg"``: the model's own pooled vector (global average of the last feature map).
 - ``pooling="gem"``: generalised mean, (mean of x^p)^(1/p) with p = 3, over the same map:
   between average and max pooling, it lets the strongest (object) activations dominate.
+- ``pooling="regional"``: R-MAC's regions (Tolias et al. 2016: squares of 2/(l+1) of the map's
+  side at levels l = 1..3, 14 on a 7x7 map), each pooled by GeM and made unit length, then summed:
+  every part of the picture has a say at three sizes, however weak its activations. One model pass.
 - ``pooling="auto"`` (default): "gem" when the model exports its feature map (the bundled
   EfficientNet-Lite models), else "avg" (TF Hub feature-vector modules).
 - ``focus="none"``: the whole (centre-cropped) picture.
@@ -41,7 +44,7 @@ import numpy as np
 
 from .vectors import l2_normalise
 
-POOLINGS = ("auto", "avg", "gem")
+POOLINGS = ("auto", "avg", "gem", "regional")
 FOCUS = ("none", "object", "multi", "center", "center-zoom")
 HOG_SIZE, HOG_CELL, HOG_ORIENTATIONS = 32, 4, 9  # 8x8 cells of 4 px, 2x2-cell blocks
 HOG_BLOCKS = HOG_SIZE // HOG_CELL - 1  # 7 x 7 blocks
@@ -50,6 +53,7 @@ DEFAULT_HOG_WEIGHT = 0.5
 GEM_P = 3.0
 CENTER_SIGMA = 1 / 7  # of the picture side
 ZOOM = 0.75  # center-zoom: side of the central square, as a share of the picture side
+REGION_LEVELS = 3  # pooling="regional": R-MAC's levels
 
 
 def check_options(pooling: str, focus: str, hog_weight: float = DEFAULT_HOG_WEIGHT) -> None:
@@ -81,6 +85,29 @@ def _mean(x: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     if weights is None:
         return x.mean(axis=(1, 2))
     return np.einsum("nhwc,hw->nc", x, weights / weights.sum(), dtype=np.float32)
+
+
+def regions(h: int, w: int, levels: int = REGION_LEVELS) -> list[tuple[int, int, int]]:
+    """R-MAC's square regions of an (h, w) map as (top, left, side): at level l, l x l (on a
+    square map) squares of side 2 min(h, w) / (l + 1), spread evenly from edge to edge."""
+    found = []
+    for level in range(1, levels + 1):
+        side = max(1, round(2 * min(h, w) / (level + 1)))
+        steps = max(1, level)
+        tops = np.unique(np.round(np.linspace(0, h - side, steps)).astype(int))
+        lefts = np.unique(np.round(np.linspace(0, w - side, steps)).astype(int))
+        found += [(int(t), int(l), side) for t in tops for l in lefts]
+    return list(dict.fromkeys(found))
+
+
+def regional_gem(feature_map: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The sum of each R-MAC region's unit GeM vector, (N, h, w, c) -> (N, c); with ``weights``
+    each region counts by its mean weight (centre weighting)."""
+    total = np.zeros((len(feature_map), feature_map.shape[-1]), np.float32)
+    for top, left, side in regions(*feature_map.shape[1:3]):
+        part = l2_normalise(gem(feature_map[:, top:top + side, left:left + side]))
+        total += part * (1.0 if weights is None else float(weights[top:top + side, left:left + side].mean()))
+    return total
 
 
 def center_weights(h: int, w: int, sigma: float = CENTER_SIGMA) -> np.ndarray:
@@ -207,6 +234,8 @@ class Embedder:
             return self.model.embed(batch), None
         fmap = self.model.feature_map(batch)
         weights = center_weights(*fmap.shape[1:3]) if self.focus in ("center", "center-zoom") else None
+        if self.pooling == "regional":
+            return regional_gem(fmap, weights), fmap
         vectors = gem(fmap, weights=weights) if self.pooling == "gem" else _mean(fmap, weights)
         return vectors, fmap
 

@@ -262,9 +262,10 @@ def plot_duplicate_calibration(curve, rule: dict):
         ax.scatter([at["recall"].iat[-1]], [at["precision"].iat[-1]], color="tab:blue", zorder=3,
                    label=f"accept >= {rule['accept']:.4f}")
     if rule.get("recall") is not None and rule.get("precision") is not None:
-        check = f", or >= {rule['verify']:.4f} with {rule['min_inliers']} keypoints" if rule.get("verify") else ""
+        from .duplicates import describe
+
         ax.scatter([rule["recall"]], [rule["precision"]], color="tab:green", marker="*", s=160, zorder=4,
-                   label="the rule" + check)
+                   label="the rule: " + describe(rule))
     ax.set_xlabel("recall (edited copies found)")
     ax.set_ylabel("precision")
     ax.set_ylim(0, 1.02)

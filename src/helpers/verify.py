@@ -7,8 +7,17 @@ Lowe's ratio test, then RANSAC fits an affine map (rotation, scale, shear and as
 the count of matches that agree with it (``inliers``) is the evidence. Unrelated pictures
 agree on a handful by chance; copies on dozens to hundreds.
 
-Keypoints are cached under ``run_dir/keypoints/`` by the file's sha256, so a refresh only
-computes new images.
+A second check, ``alignment``, needs no keypoints: each picture is also kept as an
+``ALIGN_SIDE`` px colour thumbnail (squashed to a square, so an aspect change is undone) with
+the mask of its object (the pixels unlike its border, as 05's generator cuts products out).
+One picture's object, at ``ALIGN_SCALES`` of its size, slides over the other picture; the best
+zero-mean normalised correlation over the object's pixels (OpenCV's masked matchTemplate) is
+the score. A product pasted on a new background, resized, recoloured or squashed scores about
+0.9-1.0 against its original, different products about 0.5: this is what finds the smooth
+renders whose keypoints a new background changes.
+
+Keypoints and thumbnails are cached under ``run_dir/keypoints/`` by the file's sha256, so a
+refresh only computes new images.
 """
 from __future__ import annotations
 
@@ -30,41 +39,60 @@ RANSAC_PX = 6.0      # reprojection error allowed, in SIDE-px pixels
 REVERSE_FROM = 3     # matched the other way too from this many inliers ...
 PLENTY = 60          # ... up to this many (no rule asks for more: duplicates.INLIER_STEPS)
 FLOOR = 0.5          # pairs less similar than this are never checked
-VERSION = 6          # bump when the keypoints change: the cache is named by it
+ALIGN_SIDE = 64      # alignment: thumbnails this size, squashed to a square
+ALIGN_SCALES = (0.55, 0.6, 0.66, 0.72, 0.79, 0.86, 0.93, 1.0, 1.08, 1.16)  # of the object's size
+MIN_OBJECT = 0.03    # an object smaller than this share of its picture is not aligned
+FLAT = 2.0           # an object whose pixels vary less than this (0-255) has nothing to align
+VERSION = 7          # bump when the keypoints change: the cache is named by it
 
 
 class Keypoints:
-    """Points (n, 2) and ORB descriptors (n, 32) of a picture and of its mirror image."""
+    """Points (n, 2) and ORB descriptors (n, 32) of a picture and of its mirror image, and its
+    ``ALIGN_SIDE`` px colour thumbnail with the mask of its object (for ``alignment``)."""
 
-    def __init__(self, points, descriptors, mirror_points, mirror_descriptors):
+    FIELDS = ("points", "descriptors", "mirror_points", "mirror_descriptors", "thumbnail", "mask")
+
+    def __init__(self, points, descriptors, mirror_points, mirror_descriptors, thumbnail, mask):
         self.points, self.descriptors = points, descriptors
         self.mirror_points, self.mirror_descriptors = mirror_points, mirror_descriptors
+        self.thumbnail, self.mask = thumbnail, mask
 
     @classmethod
     def of(cls, picture) -> "Keypoints":
         """From a PIL image or an RGB/gray uint8 array."""
         import cv2
+        from PIL import Image
 
-        gray = _gray(picture)
+        im = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+        gray = _gray(im)
         orb = cv2.ORB_create(N_FEATURES * CANDIDATES, fastThreshold=FAST_THRESHOLD)
         found = [_detect(orb, g) for g in (gray, np.ascontiguousarray(gray[:, ::-1]))]
-        return cls(*found[0], *found[1])
+        return cls(*found[0], *found[1], *_thumbnail(im))
 
     def save(self, path: Path) -> None:
         with runfolder.atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, points=self.points, descriptors=self.descriptors,
-                     mirror_points=self.mirror_points, mirror_descriptors=self.mirror_descriptors)
+            np.savez(f, **{name: getattr(self, name) for name in self.FIELDS})
 
     @classmethod
     def load(cls, path: Path) -> "Keypoints":
         with np.load(path) as f:
-            return cls(f["points"], f["descriptors"], f["mirror_points"], f["mirror_descriptors"])
+            return cls(*(f[name] for name in cls.FIELDS))
 
 
-def _gray(picture) -> np.ndarray:
+def _thumbnail(im) -> tuple[np.ndarray, np.ndarray]:
+    """(ALIGN_SIDE, ALIGN_SIDE, 3) uint8 colour thumbnail, squashed to a square (transparency
+    flattened on white), and the boolean mask of its object: the pixels unlike its border."""
     from PIL import Image
 
-    im = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture))
+    from .edits import foreground_mask
+
+    small = images.to_rgb(im).resize((ALIGN_SIDE, ALIGN_SIDE), Image.BOX, reducing_gap=3.0)
+    return np.asarray(small, np.uint8), foreground_mask(small)
+
+
+def _gray(im) -> np.ndarray:
+    from PIL import Image
+
     im = images.to_rgb(im).convert("L")
     scale = SIDE / max(im.size)
     if scale < 1 or max(im.size) < SIDE // 2:  # small pictures are enlarged, so ORB has room
@@ -127,6 +155,36 @@ def _inliers(pa, da, pb, db) -> int:
     return int(mask.sum()) if _plausible(model) else 0
 
 
+def alignment(a: Keypoints, b: Keypoints) -> float:
+    """The best correlation of one picture's object, resized and moved, with the other
+    picture's pixels, either way round: about 1 for a copy, -1 when neither has an object."""
+    return max(_aligned(a, b), _aligned(b, a))
+
+
+def _aligned(a: Keypoints, b: Keypoints) -> float:
+    import cv2
+
+    rows, cols = np.nonzero(a.mask)
+    if len(rows) < MIN_OBJECT * a.mask.size:
+        return -1.0
+    box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    template, weight = a.thumbnail[box].astype(np.float32), a.mask[box].astype(np.float32)
+    picture, best = b.thumbnail.astype(np.float32), -1.0
+    for scale in ALIGN_SCALES:
+        h, w = round(template.shape[0] * scale), round(template.shape[1] * scale)
+        if not (4 <= h <= picture.shape[0] and 4 <= w <= picture.shape[1]):
+            continue
+        sized = cv2.resize(template, (w, h), interpolation=cv2.INTER_AREA)
+        kept = cv2.resize(weight, (w, h), interpolation=cv2.INTER_NEAREST)
+        if kept.sum() < 16 or sized[kept > 0].std() < FLAT:
+            continue
+        scores = cv2.matchTemplate(picture, sized, cv2.TM_CCOEFF_NORMED, mask=np.repeat(kept[..., None], 3, axis=2))
+        scores = scores[np.isfinite(scores)]
+        if scores.size:
+            best = max(best, float(scores.max()))
+    return best
+
+
 def _plausible(model: np.ndarray) -> bool:
     """An affine map a copy could have gone through: no collapse, no extreme stretch."""
     if not np.isfinite(model).all():
@@ -142,29 +200,36 @@ class KeypointCache:
         self.folder = Path(run_dir) / runfolder.KEYPOINTS / f"v{VERSION}"
         self.image_dir = Path(image_dir)
         self.computed = 0
-        self._inliers: dict | None = None
+        self._scores: dict[str, dict] = {}  # cache file name -> {(sha_a, sha_b): score}
 
     def pair_inliers(self, pairs: list[tuple[str, str]], keypoints: dict) -> np.ndarray:
         """``pair_inliers``, remembering every pair's count in the cache (a refresh matches
         only new pairs)."""
-        known = self._known()
+        return np.asarray(self._remembered(runfolder.INLIERS, pairs, keypoints, pair_inliers), np.int32)
+
+    def pair_alignment(self, pairs: list[tuple[str, str]], keypoints: dict) -> np.ndarray:
+        """``pair_alignment``, remembered in the cache like the inliers."""
+        return np.asarray(self._remembered(runfolder.ALIGNMENTS, pairs, keypoints, pair_alignment), np.float32)
+
+    def _remembered(self, name: str, pairs: list, keypoints: dict, compute) -> list:
+        known = self._known(name)
         fresh = [p for p in dict.fromkeys(pairs) if p not in known]
         if fresh:
-            known.update(zip(fresh, pair_inliers(fresh, keypoints).tolist()))
-            frame = pd.DataFrame([(a, b, n) for (a, b), n in known.items()], columns=["a", "b", "inliers"])
+            known.update(zip(fresh, compute(fresh, keypoints).tolist()))
+            frame = pd.DataFrame([(a, b, n) for (a, b), n in known.items()], columns=["a", "b", "score"])
             self.folder.mkdir(parents=True, exist_ok=True)
-            runfolder.write_table(self.folder / runfolder.INLIERS, frame)
-        return np.array([known[p] for p in pairs], np.int32)
+            runfolder.write_table(self.folder / name, frame)
+        return [known[p] for p in pairs]
 
-    def _known(self) -> dict:
-        if self._inliers is None:
-            path = self.folder / runfolder.INLIERS
+    def _known(self, name: str) -> dict:
+        if name not in self._scores:
+            path = self.folder / name
             try:
                 frame = pd.read_parquet(path) if path.exists() else None
             except (OSError, ValueError):
                 frame = None  # a damaged cache: matched again
-            self._inliers = {} if frame is None else dict(zip(zip(frame["a"], frame["b"]), frame["inliers"]))
-        return self._inliers
+            self._scores[name] = {} if frame is None else dict(zip(zip(frame["a"], frame["b"]), frame["score"]))
+        return self._scores[name]
 
     def get(self, path: str, sha256: str) -> Keypoints | None:
         """The image's keypoints, from the cache or computed (None: it cannot be read now)."""
@@ -196,13 +261,22 @@ class KeypointCache:
 
 def pair_inliers(pairs: list[tuple[str, str]], keypoints: dict, workers: int = 2) -> np.ndarray:
     """Inlier counts of (sha_a, sha_b) pairs, in threads; 0 where either picture has no keypoints."""
+    return _per_pair(inliers, 0, np.int32, pairs, keypoints, workers)
+
+
+def pair_alignment(pairs: list[tuple[str, str]], keypoints: dict, workers: int = 2) -> np.ndarray:
+    """``alignment`` of (sha_a, sha_b) pairs, in threads; -1 where either picture could not be read."""
+    return _per_pair(alignment, -1.0, np.float32, pairs, keypoints, workers)
+
+
+def _per_pair(score, missing, dtype, pairs: list, keypoints: dict, workers: int) -> np.ndarray:
     import cv2
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(1)  # our threads are the parallelism
 
-    def count(pair) -> int:
+    def one(pair):
         ka, kb = keypoints.get(pair[0]), keypoints.get(pair[1])
-        return 0 if ka is None or kb is None else inliers(ka, kb)
+        return missing if ka is None or kb is None else score(ka, kb)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return np.fromiter(pool.map(count, pairs, chunksize=64), np.int32, count=len(pairs))
+        return np.fromiter(pool.map(one, pairs, chunksize=64), dtype, count=len(pairs))
