@@ -93,9 +93,8 @@ def regions(h: int, w: int, levels: int = REGION_LEVELS) -> list[tuple[int, int,
     found = []
     for level in range(1, levels + 1):
         side = max(1, round(2 * min(h, w) / (level + 1)))
-        steps = max(1, level)
-        tops = np.unique(np.round(np.linspace(0, h - side, steps)).astype(int))
-        lefts = np.unique(np.round(np.linspace(0, w - side, steps)).astype(int))
+        tops = np.unique(np.round(np.linspace(0, h - side, level)).astype(int))
+        lefts = np.unique(np.round(np.linspace(0, w - side, level)).astype(int))
         found += [(int(t), int(l), side) for t in tops for l in lefts]
     return list(dict.fromkeys(found))
 

@@ -13,8 +13,9 @@ the mask of its object (the pixels unlike its border, as 05's generator cuts pro
 One picture's object, at ``ALIGN_SCALES`` of its size, slides over the other picture; the best
 zero-mean normalised correlation over the object's pixels (OpenCV's masked matchTemplate) is
 the score. A product pasted on a new background, resized, recoloured or squashed scores about
-0.9-1.0 against its original, different products about 0.5: this is what finds the smooth
-renders whose keypoints a new background changes.
+0.85-1.0 against its original, different photos 0.3-0.5: this is what finds smooth renders,
+whose few keypoints a new background changes. Different renders lit the same way can reach
+0.9, so the level that counts is calibrated (``duplicates.calibrate``), like the inliers'.
 
 Keypoints and thumbnails are cached under ``run_dir/keypoints/`` by the file's sha256, so a
 refresh only computes new images.
