@@ -96,7 +96,8 @@ def test_failing_notebook_stops_with_cell_and_partial_html(tmp_path):
 def test_sweep_2x2_embeds_once_per_model(tiny_catalog, tmp_path, capsys):
     config = {"run_dir": str(tmp_path / "sweep"), "image_dir": str(tiny_catalog),
               "catalog": str(tiny_catalog / "image_data.json"),
-              "model_handle": ["efficientnet-lite0", "efficientnet-lite2"], "k": [2, 3]}
+              "model_handle": ["efficientnet-lite0", "efficientnet-lite2"], "k": [2, 3],
+              "duplicate_threshold": 0.95}  # the calibration is tested elsewhere; here, the sweep's embeddings
     page = run.run_sweep(config, notebooks=FAST)
     assert page == tmp_path / "sweep" / "sweep_summary.html"
     summary = pd.read_csv(tmp_path / "sweep" / "sweep_summary.csv")

@@ -118,13 +118,17 @@ def test_a_stale_input_names_the_step_to_rerun(catalog_copy, tmp_path):
 
 
 CONCURRENT = """
-import sys, time
+import os, sys, time
 from helpers import embed, store
-ready = sys.argv[3]
+ready, checked = sys.argv[3], sys.argv[4]
 original = store.PartialWork.write_chunk
 def slow(self, *a, **k):
-    open(ready, "w").close()   # the first run is writing: start the second now
-    time.sleep(4)
+    if not os.path.exists(ready):
+        open(ready, "w").close()   # the first run is writing: start the second now ...
+        for _ in range(600):       # ... and wait until it has been refused (at most a minute)
+            if os.path.exists(checked):
+                break
+            time.sleep(0.1)
     return original(self, *a, **k)
 store.PartialWork.write_chunk = slow
 embed.embed_folder(sys.argv[1], sys.argv[2], checkpoint_every=1, batch_size=1, progress=False)
@@ -134,8 +138,8 @@ print("first done")
 
 def test_a_second_01_on_a_folder_being_written_is_refused_naming_the_holder(catalog_copy, tmp_path):
     images, _ = catalog_copy
-    folder, ready = tmp_path / "run", tmp_path / "ready"
-    first = subprocess.Popen([sys.executable, "-c", CONCURRENT, str(images), str(folder), str(ready)],
+    folder, ready, checked = tmp_path / "run", tmp_path / "ready", tmp_path / "checked"
+    first = subprocess.Popen([sys.executable, "-c", CONCURRENT, str(images), str(folder), str(ready), str(checked)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         if ready.exists() or first.poll() is not None:
@@ -144,6 +148,7 @@ def test_a_second_01_on_a_folder_being_written_is_refused_naming_the_holder(cata
     assert ready.exists(), first.communicate()[1][-2000:]
     with pytest.raises(runfolder.RunFolderBusy, match=rf"pid {first.pid} on .+, since "):
         embed.embed_folder(images, folder, progress=False, resize="pad")
+    checked.touch()
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0 and "first done" in out, err[-2000:]
     _, items, meta = store.load_store(folder)
