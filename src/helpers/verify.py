@@ -8,7 +8,7 @@ the count of matches that agree with it (``inliers``) is the evidence. Unrelated
 agree on a handful by chance; copies on dozens to hundreds.
 
 A second check, ``alignment``, needs no keypoints: each picture is also kept as an
-``ALIGN_SIDE`` px colour thumbnail (squashed to a square, so an aspect change is undone) with
+``ALIGN_SIDE`` px grey thumbnail (squashed to a square, so an aspect change is undone) with
 the mask of its object (the pixels unlike its border, as 05's generator cuts products out).
 One picture's object, at ``ALIGN_SCALES`` of its size, slides over the other picture; the best
 zero-mean normalised correlation over the object's pixels (OpenCV's masked matchTemplate) is
@@ -44,12 +44,12 @@ ALIGN_SIDE = 64      # alignment: thumbnails this size, squashed to a square
 ALIGN_SCALES = (0.55, 0.6, 0.66, 0.72, 0.79, 0.86, 0.93, 1.0, 1.08, 1.16)  # of the object's size
 MIN_OBJECT = 0.03    # an object smaller than this share of its picture is not aligned
 FLAT = 2.0           # an object whose pixels vary less than this (0-255) has nothing to align
-VERSION = 7          # bump when the keypoints change: the cache is named by it
+VERSION = 8          # bump when the keypoints change: the cache is named by it
 
 
 class Keypoints:
     """Points (n, 2) and ORB descriptors (n, 32) of a picture and of its mirror image, and its
-    ``ALIGN_SIDE`` px colour thumbnail with the mask of its object (for ``alignment``)."""
+    ``ALIGN_SIDE`` px grey thumbnail with the mask of its object (for ``alignment``)."""
 
     FIELDS = ("points", "descriptors", "mirror_points", "mirror_descriptors", "thumbnail", "mask")
 
@@ -81,22 +81,24 @@ class Keypoints:
 
 
 def _thumbnail(im) -> tuple[np.ndarray, np.ndarray]:
-    """(ALIGN_SIDE, ALIGN_SIDE, 3) uint8 colour thumbnail, squashed to a square (transparency
-    flattened on white), and the boolean mask of its object: the pixels unlike its border."""
+    """(ALIGN_SIDE, ALIGN_SIDE) uint8 grey thumbnail, squashed to a square (transparency
+    flattened on white), and the boolean mask of its object: the colour pixels unlike its border."""
     from PIL import Image
 
     from .edits import foreground_mask
 
     small = images.to_rgb(im).resize((ALIGN_SIDE, ALIGN_SIDE), Image.BOX, reducing_gap=3.0)
-    return np.asarray(small, np.uint8), foreground_mask(small)
+    return np.asarray(small.convert("L"), np.uint8), foreground_mask(small)
 
 
 def _gray(im) -> np.ndarray:
     from PIL import Image
 
     im = images.to_rgb(im).convert("L")
-    scale = SIDE / max(im.size)
-    if scale < 1 or max(im.size) < SIDE // 2:  # small pictures are enlarged, so ORB has room
+    longest = max(im.size)
+    target = min(SIDE, max(SIDE // 2, longest))  # larger ones shrunk; small ones enlarged, so ORB has room
+    if target != longest:
+        scale = target / longest
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
     return np.asarray(im)
 
@@ -179,7 +181,7 @@ def _aligned(a: Keypoints, b: Keypoints) -> float:
         kept = cv2.resize(weight, (w, h), interpolation=cv2.INTER_NEAREST)
         if kept.sum() < 16 or sized[kept > 0].std() < FLAT:
             continue
-        scores = cv2.matchTemplate(picture, sized, cv2.TM_CCOEFF_NORMED, mask=np.repeat(kept[..., None], 3, axis=2))
+        scores = cv2.matchTemplate(picture, sized, cv2.TM_CCOEFF_NORMED, mask=kept)
         scores = scores[np.isfinite(scores)]
         if scores.size:
             best = max(best, float(scores.max()))
