@@ -140,8 +140,11 @@ def _held_twice(source_pairs: list[tuple[str, str]], found: dict, cache: verify.
     keypoints agree strongly, or the pixels align."""
     if not source_pairs:
         return np.zeros(0, bool)
-    return (cache.pair_inliers(source_pairs, found) >= STRONG_MATCH) \
-        | (cache.pair_alignment(source_pairs, found) >= STRONG_ALIGNMENT)
+    held = cache.pair_inliers(source_pairs, found) >= STRONG_MATCH
+    rest = np.flatnonzero(~held)  # aligned only where the keypoints did not already tell
+    if len(rest):
+        held[rest] = cache.pair_alignment([source_pairs[i] for i in rest], found) >= STRONG_ALIGNMENT
+    return held
 
 
 def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.DataFrame:
