@@ -87,6 +87,7 @@ GOOD = {
     "rotated.jpg": "EXIF orientation 6",
     "photo.jfif": "JPEG with the .jfif extension",
     "cat.heic": "HEIC (phone photo format)",
+    "banner.png": "a 4000x8 strip (too thin for keypoints)",
 }
 BAD = {
     "empty.jpg": "empty file",
@@ -130,6 +131,7 @@ def hostile_dir(tmp_path_factory) -> Path:
     cat.save(heic, "HEIF", quality=80)
     (root / "cat.heic").write_bytes(heic.getvalue())
     (root / "broken.heic").write_bytes(heic.getvalue()[:heic.tell() // 2])
+    Image.fromarray(np.asarray(rocket.convert("RGB").resize((4000, 8)))).save(root / "banner.png")
     (root / "readme.txt").write_text("not an image extension: never listed")
     return root
 

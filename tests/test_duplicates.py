@@ -245,3 +245,15 @@ def test_clusters_are_written_and_a_huge_catalog_is_not_clustered_by_auto(photo_
     monkeypatch.undo()
     neighbors.write_neighbors(run_dir, k=10)
     assert (run_dir / runfolder.CLUSTERS).exists()
+
+
+@pytest.mark.parametrize("size", [(4000, 8), (8, 4000), (10_000, 10), (1, 1)])
+def test_pictures_too_thin_for_keypoints_are_checked_without_failing(size):
+    """ORB's pyramid fails on a strip a few pixels high: such a picture has no keypoints, and a
+    pair with it gets 0 inliers instead of stopping 03."""
+    rng = np.random.default_rng(0)
+    strip = verify.Keypoints.of(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    other = verify.Keypoints.of(photo("coffee"))
+    assert len(strip.points) == 0 and len(strip.mirror_points) == 0 and len(other.points) > 100
+    assert verify.inliers(strip, other) == 0 and verify.inliers(other, strip) == 0
+    assert -1.0 <= verify.alignment(strip, other) <= 1.0

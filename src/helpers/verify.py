@@ -40,6 +40,7 @@ RANSAC_PX = 6.0      # reprojection error allowed, in SIDE-px pixels
 REVERSE_FROM = 3     # matched the other way too from this many inliers ...
 PLENTY = 60          # ... up to this many (no rule asks for more: duplicates.INLIER_STEPS)
 FLOOR = 0.5          # pairs less similar than this are never checked
+MIN_SIDE = 32        # keypoints need a picture at least this wide and high (after resizing)
 ALIGN_SIDE = 64      # alignment: thumbnails this size, squashed to a square
 ALIGN_SCALES = (0.55, 0.6, 0.66, 0.72, 0.79, 0.86, 0.93, 1.0, 1.08, 1.16)  # of the object's size
 MIN_OBJECT = 0.03    # an object smaller than this share of its picture is not aligned
@@ -104,6 +105,8 @@ def _gray(im) -> np.ndarray:
 
 
 def _detect(orb, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if min(gray.shape) < MIN_SIDE:  # a thin strip: no room for ORB's patches (its pyramid fails on it)
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     found, descriptors = orb.compute(gray, _spread(orb.detect(gray, None), gray.shape))
     if descriptors is None or not found:
         return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
