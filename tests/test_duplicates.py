@@ -101,12 +101,26 @@ def test_the_rule_is_recorded_with_its_calibration_and_a_rerun_reuses_the_caches
     assert again["duplicate_seconds"] < meta["duplicate_seconds"]  # copies, keypoints and matches cached
 
 
+def test_band_pairs_past_the_budget_of_checks_are_counted_and_said(photo_run, monkeypatch):
+    run_dir, meta = photo_run
+    assert meta["checked_band_pairs"] >= 1 and meta["unchecked_band_pairs"] == 0
+    assert duplicates.describe_checks(meta).endswith("all there were.")
+    monkeypatch.setattr(duplicates, "CHECKS_MIN", 0)
+    monkeypatch.setattr(duplicates, "CHECKS_PER_PRODUCT", 0)
+    tight = neighbors.write_neighbors(run_dir, k=10)
+    assert tight["checked_band_pairs"] == 0 and tight["unchecked_band_pairs"] == meta["checked_band_pairs"]
+    assert f"{tight['unchecked_band_pairs']:,} more were past the budget" in duplicates.describe_checks(tight)
+    monkeypatch.undo()
+    neighbors.write_neighbors(run_dir, k=10)  # back to the default for the other tests
+
+
 def test_a_given_threshold_wins_and_checks_nothing(photo_run, tmp_path):
     run_dir, _ = photo_run
     meta = neighbors.write_neighbors(run_dir, k=10, duplicate_threshold=0.99)
     pairs = pd.read_csv(run_dir / runfolder.NEAR_DUPLICATES, keep_default_na=False)
     assert meta["duplicate_rule"]["source"] == "given" and (pairs["similarity"] >= 0.99).all()
     assert not pairs["verified"].any() and not (run_dir / runfolder.CALIBRATION_PAIRS).exists()
+    assert meta["checked_band_pairs"] == 0 and duplicates.describe_checks(meta).startswith("No pair was checked")
     neighbors.write_neighbors(run_dir, k=10)  # back to the default for the other tests
 
 

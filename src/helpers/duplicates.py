@@ -78,6 +78,19 @@ def describe(rule: dict) -> str:
     return f"{text}, or >= {rule['verify']:.4f} with {' or '.join(checks)}"
 
 
+def describe_checks(summary: dict) -> str:
+    """03's checks in words, from its summary: how many band pairs were checked, and how many
+    were past the budget (``CHECKS_MIN``, or ``CHECKS_PER_PRODUCT`` per product) and not."""
+    if summary["duplicate_rule"].get("verify") is None:
+        return "No pair was checked: the rule has no uncertain band (similarity alone decides)."
+    checked, left = summary.get("checked_band_pairs", 0), summary.get("unchecked_band_pairs", 0)
+    text = f"{checked:,} pairs in the uncertain band were checked (keypoints, alignment)"
+    if not left:
+        return text + ", all there were."
+    return (f"{text}, the most similar first; {left:,} more were past the budget of checks and not "
+            "checked, so near-duplicates among them are not listed.")
+
+
 def check_threshold(duplicate_threshold, duplicate_precision: float) -> None:
     if not (duplicate_threshold == "auto" or (isinstance(duplicate_threshold, (int, float))
                                               and not isinstance(duplicate_threshold, bool)
@@ -201,6 +214,7 @@ def near_duplicates(table: pd.DataFrame, items: pd.DataFrame, rule: Rule,
     unchecked = int(rule.needs_check(pairs["similarity"]).sum() - check.sum())
     columns = ["product_a", "product_b", "similarity", "inliers", "alignment", "verified", "path_a", "path_b"]
     found = pairs.loc[keep, columns].reset_index(drop=True)
+    found.attrs["checked"] = int(check.sum()) if keypoints is not None else 0
     found.attrs["unchecked"] = unchecked  # band pairs past the budget: recorded, not checked
     return found
 

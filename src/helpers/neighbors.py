@@ -460,5 +460,5 @@ def _stage_catalog_tidying(staging, run_dir: Path, table: pd.DataFrame, embeddin
         runfolder.write_table(staging.path(runfolder.CLUSTERS), clusters.cluster_table(items, labels))
     return {"near_duplicate_pairs": len(pairs), "duplicate_rule": rule.as_dict(),
             "duplicate_groups": int(found["group_id"].nunique()), "verified_pairs": int(pairs["verified"].sum()),
-            "unchecked_band_pairs": pairs.attrs.get("unchecked", 0),
+            "checked_band_pairs": pairs.attrs.get("checked", 0), "unchecked_band_pairs": pairs.attrs.get("unchecked", 0),
             "duplicate_seconds": round(duplicate_seconds, 3), "clusters": clustered}
