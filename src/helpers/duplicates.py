@@ -118,8 +118,11 @@ def calibrate(pairs: pd.DataFrame, precision: float = DEFAULT_PRECISION) -> Rule
     for accept in np.concatenate([accepts, [1.01]]):
         plain = sim >= accept
         for start in [None] + _verify_starts(sim[pos], accept):
-            band = (sim >= start) & ~plain if start is not None else np.zeros_like(plain)
-            chosen = plain | (band & evidence) if start is not None else plain[None]
+            if start is None:  # the similarity alone
+                band, chosen = np.zeros_like(plain), plain[None]
+            else:
+                band = (sim >= start) & ~plain
+                chosen = plain | (band & evidence)
             chosen = chosen.astype(np.float32)
             found, wrong = chosen @ pos.astype(np.float32), chosen @ (~pos).astype(np.float32)  # per step
             ok = (found > 0) & (found >= precision * np.maximum(1, found + wrong))
@@ -214,7 +217,7 @@ def near_duplicates(table: pd.DataFrame, items: pd.DataFrame, rule: Rule,
     unchecked = int(rule.needs_check(pairs["similarity"]).sum() - check.sum())
     columns = ["product_a", "product_b", "similarity", "inliers", "alignment", "verified", "path_a", "path_b"]
     found = pairs.loc[keep, columns].reset_index(drop=True)
-    found.attrs["checked"] = int(check.sum()) if keypoints is not None else 0
+    found.attrs["checked"] = int(check.sum())
     found.attrs["unchecked"] = unchecked  # band pairs past the budget: recorded, not checked
     return found
 
