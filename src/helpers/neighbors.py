@@ -124,7 +124,7 @@ def table_from_candidates(embeddings: np.ndarray, items: pd.DataFrame, idx: np.n
     similar = idx.ravel()
     valid = similar >= 0
     masters, similar = masters[valid], similar[valid]
-    sims = np.einsum("ij,ij->i", embeddings[masters], embeddings[similar])
+    sims = pair_cosine(embeddings, embeddings, idx).ravel()[valid]  # a block at a time: no (pairs x dim) copies
     pairs = pd.DataFrame({"m": masters, "n": similar, "similarity": sims,
                           "score": sims if scores is None else np.asarray(scores).ravel()[valid]})
     paths = items["path"].to_numpy()
