@@ -30,7 +30,7 @@ CHECKS_PER_PRODUCT = 0.2    # ... and at most this many checks per product in al
 CHECKS_MIN = 1000           # band pairs first, at least CHECKS_MIN): a check costs ~20 ms a pair and
                             # ~30 ms an image; the calibration assumes every band pair is checked
 INLIER_STEPS = (6, 8, 10, 12, 15, 20, 25, 30, 40, 60, None)  # None: keypoints never decide
-ALIGNMENT_STEPS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, None)  # None: alignment never decides
+ALIGNMENT_STEPS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, verify.ENOUGH, None)  # None: alignment never decides
 
 
 @dataclass

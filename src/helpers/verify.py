@@ -45,7 +45,8 @@ ALIGN_SIDE = 64      # alignment: thumbnails this size, squashed to a square
 ALIGN_SCALES = (0.55, 0.6, 0.66, 0.72, 0.79, 0.86, 0.93, 1.0, 1.08, 1.16)  # of the object's size
 MIN_OBJECT = 0.03    # an object smaller than this share of its picture is not aligned
 FLAT = 2.0           # an object whose pixels vary less than this (0-255) has nothing to align
-VERSION = 8          # bump when the keypoints change: the cache is named by it
+ENOUGH = 0.98        # alignment this good ends the search: no rule asks for more (duplicates.ALIGNMENT_STEPS)
+VERSION = 9          # bump when the keypoints change: the cache is named by it
 
 
 class Keypoints:
@@ -163,11 +164,18 @@ def _inliers(pa, da, pb, db) -> int:
 
 def alignment(a: Keypoints, b: Keypoints) -> float:
     """The best correlation of one picture's object, resized and moved, with the other
-    picture's pixels, either way round: about 1 for a copy, -1 when neither has an object."""
-    return max(_aligned(a, b), _aligned(b, a))
+    picture's pixels, either way round, then the larger object mirrored: about 1 for a copy,
+    -1 when neither has an object. The search stops at ``ENOUGH``."""
+    mirrored = (a, b) if a.mask.sum() >= b.mask.sum() else (b, a)
+    best = -1.0
+    for first, second, mirror in ((a, b, False), (b, a, False), (*mirrored, True)):
+        best = max(best, _aligned(first, second, mirror))
+        if best >= ENOUGH:
+            break
+    return best
 
 
-def _aligned(a: Keypoints, b: Keypoints) -> float:
+def _aligned(a: Keypoints, b: Keypoints, mirror: bool) -> float:
     import cv2
 
     rows, cols = np.nonzero(a.mask)
@@ -175,6 +183,8 @@ def _aligned(a: Keypoints, b: Keypoints) -> float:
         return -1.0
     box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
     template, weight = a.thumbnail[box].astype(np.float32), a.mask[box].astype(np.float32)
+    if mirror:
+        template, weight = np.ascontiguousarray(template[:, ::-1]), np.ascontiguousarray(weight[:, ::-1])
     picture, best = b.thumbnail.astype(np.float32), -1.0
     for scale in ALIGN_SCALES:
         h, w = round(template.shape[0] * scale), round(template.shape[1] * scale)
