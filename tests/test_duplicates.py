@@ -203,9 +203,12 @@ def test_keypoints_and_matches_are_cached_by_content(tmp_path):
     images_dir.mkdir()
     photo("chelsea").save(images_dir / "a.png")
     photo("coffee").save(images_dir / "b.png")
+    stale = tmp_path / "run" / runfolder.KEYPOINTS / "v1"  # an older version's cache
+    stale.mkdir(parents=True)
+    (stale / "sha-a.npz").write_bytes(b"old")
     cache = verify.KeypointCache(tmp_path / "run", images_dir)
     found = cache.many(["a.png", "b.png"], ["sha-a", "sha-b"])
-    assert cache.computed == 2
+    assert cache.computed == 2 and not stale.exists()  # removed on the first write, not read
     first = cache.pair_inliers([("sha-a", "sha-b")], found)
     again = verify.KeypointCache(tmp_path / "run", images_dir)
     assert again.many(["a.png", "b.png"], ["sha-a", "sha-b"]).keys() == found.keys() and again.computed == 0

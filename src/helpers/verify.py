@@ -22,6 +22,7 @@ refresh only computes new images.
 """
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -233,7 +234,7 @@ class KeypointCache:
         if fresh:
             known.update(zip(fresh, compute(fresh, keypoints).tolist()))
             frame = pd.DataFrame([(a, b, n) for (a, b), n in known.items()], columns=["a", "b", "score"])
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self._ready()
             runfolder.write_table(self.folder / name, frame)
         return [known[p] for p in pairs]
 
@@ -259,10 +260,18 @@ class KeypointCache:
             found = Keypoints.of(images.open_image(self.image_dir / path))
         except (images.ImageError, OSError):
             return None
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ready()
         found.save(file)
         self.computed += 1
         return found
+
+    def _ready(self) -> None:
+        """The cache folder made; on the first write, those of other versions removed (stale)."""
+        if not self.folder.is_dir():
+            for old in self.folder.parent.glob("v*"):
+                if old.is_dir() and old.name != self.folder.name:
+                    shutil.rmtree(old, ignore_errors=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
 
     def many(self, paths, hashes, workers: int = 2) -> dict[str, Keypoints | None]:
         """Keypoints of many images (two threads: OpenCV releases the GIL), by sha256."""
