@@ -12,7 +12,8 @@ A second check, ``alignment``, needs no keypoints: each picture is also kept as 
 the mask of its object (the pixels unlike its border, as 05's generator cuts products out).
 One picture's object, at ``ALIGN_SCALES`` of its size, slides over the other picture, either
 way round, then the larger object mirrored; the best zero-mean normalised correlation over the
-object's pixels (OpenCV's masked matchTemplate) is the score. A product pasted on a new background, resized, recoloured or squashed scores about
+object's pixels (OpenCV's masked matchTemplate) is the score. A product pasted on a new
+background, resized, recoloured, squashed or mirrored scores about
 0.85-1.0 against its original, different photos 0.3-0.5: this is what finds smooth renders,
 whose few keypoints a new background changes. Different renders lit the same way can reach
 0.9, so the level that counts is calibrated (``duplicates.calibrate``), like the inliers'.
