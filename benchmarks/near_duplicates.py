@@ -4,7 +4,8 @@ what the calibration and the keypoint check cost.
     .venv/bin/python benchmarks/near_duplicates.py quality [--catalog data/sample] [--sources 300]
     .venv/bin/python benchmarks/near_duplicates.py cost [--n-images 10000]
 
-quality: 05's generator makes ``--variants`` copies of each source (05's default 2), the kinds
+quality (``--catalog`` may be a folder of file links: they are followed): 05's generator
+makes ``--variants`` copies of each source (05's default 2), the kinds
 (crop, mirror, downscale, recolour, re-encode, rotation up to 20 degrees, aspect change,
 background swap) in turn so each is used equally often, the
 background swaps on real photos (scikit-image's, which the calibration never uses: it takes
@@ -69,7 +70,7 @@ def pair_scores(run_dir: Path, labels: pd.DataFrame) -> dict:
 
 
 def quality(catalog: Path, n_sources: int, variants: int, work: Path) -> None:
-    paths = [p for p in images.list_images(catalog) if "_seller2" not in p]
+    paths = [p for p in images.list_images(catalog, links="all") if "_seller2" not in p]
     paths = [paths[i] for i in np.sort(np.random.default_rng(0).permutation(len(paths))[:n_sources])]
     out = work / "benchmark"
     labels = edits.make_near_duplicates(catalog, paths, out, variants_per_source=variants,
@@ -98,10 +99,10 @@ def quality(catalog: Path, n_sources: int, variants: int, work: Path) -> None:
 
 def seller_pairs(catalog: Path, run_dir: Path) -> None:
     """The catalog's own second-seller listings (``X_seller2``): found with their first seller?"""
-    embed.embed_folder(catalog, run_dir, catalog=catalog / runfolder.CATALOG, progress=False)
+    embed.embed_folder(catalog, run_dir, catalog=catalog / runfolder.CATALOG, links="all", progress=False)
     neighbors.write_neighbors(run_dir)
     found = pd.read_csv(run_dir / runfolder.NEAR_DUPLICATES, keep_default_na=False, dtype=str)
-    sellers = [Path(p).stem for p in images.list_images(catalog) if "_seller2" in p]
+    sellers = [Path(p).stem for p in images.list_images(catalog, links="all") if "_seller2" in p]
     pairs = {frozenset((Path(a).stem, Path(b).stem)) for a, b in zip(found["path_a"], found["path_b"])}
     hits = sum(frozenset((s, s.replace("_seller2", ""))) in pairs for s in sellers)
     others = [sorted(p) for p in pairs if not any(x.endswith("_seller2") and x.replace("_seller2", "") in p for x in p)]
