@@ -139,6 +139,24 @@ def test_exports_carry_the_groups(photo_run, tmp_path):
                                                   [n, *(f"{n}__{k}" for k in ("rotated", "square", "mirror", "crop"))]}
 
 
+def test_a_catalog_holding_each_photo_three_times_is_calibrated(tmp_path):
+    """Every background copy's nearest other products are the same photo held again, so no
+    shared-scene pair is left: the calibration goes on (it once turned every column into
+    objects and stopped 03)."""
+    images_dir, run_dir = tmp_path / "images", tmp_path / "run"
+    images_dir.mkdir()
+    for name in ("astronaut", "coffee"):
+        picture = photo(name)
+        for width in (300, 340, 380):
+            picture.resize((width, width * picture.height // picture.width)).save(images_dir / f"{name}_{width}.jpg")
+    embed.embed_folder(images_dir, run_dir, progress=False)
+    meta = neighbors.write_neighbors(run_dir, k=5)
+    assert meta["duplicate_rule"]["source"] == "calibrated"
+    pairs = pd.read_csv(run_dir / runfolder.NEAR_DUPLICATES, keep_default_na=False, dtype=str)
+    found = {frozenset((a.split("_")[0], b.split("_")[0])) for a, b in zip(pairs["product_a"], pairs["product_b"])}
+    assert len(pairs) == 6 and found == {frozenset(["astronaut"]), frozenset(["coffee"])}
+
+
 def test_keypoints_match_copies_not_different_photos():
     astronaut, coffee = photo("astronaut"), photo("coffee")
     base = verify.Keypoints.of(astronaut)

@@ -114,10 +114,9 @@ def _shared_scenes(copies: dict, embeddings, hashes, copy_sha: dict, found: dict
     """Wrong pairs a catalog shot in scenes has: two products on the same background. Each
     background copy with its ``SCENE_NEIGHBORS`` nearest background copies of other sources
     (unless those sources are copies of each other)."""
-    columns = ["copy", "kind", "source", "row", "similarity", "positive", "inliers", "alignment"]
     swapped = np.flatnonzero(copies["kinds"] == "background")
     if len(swapped) < 2:
-        return pd.DataFrame(columns=columns)
+        return _typed([])
     vectors, sources = copies["vectors"][swapped], copies["source_rows"][swapped]
     sims = vectors @ vectors.T
     sims[sources[:, None] == sources[None, :]] = -np.inf
@@ -131,8 +130,18 @@ def _shared_scenes(copies: dict, embeddings, hashes, copy_sha: dict, found: dict
     checked = [(copy_sha[paths[q]], copy_sha[paths[o]]) for q, o in keep]
     inliers = cache.pair_inliers(checked, found) if keep else []
     aligned = cache.pair_alignment(checked, found) if keep else []
-    return pd.DataFrame([(paths[q], "background", int(sources[q]), -1, float(sims[q, o]), False, int(n), float(a))
-                         for (q, o), n, a in zip(keep, inliers, aligned)], columns=columns)
+    return _typed([(paths[q], "background", int(sources[q]), -1, float(sims[q, o]), False, int(n), float(a))
+                   for (q, o), n, a in zip(keep, inliers, aligned)])
+
+
+_PAIR_TYPES = {"copy": str, "kind": str, "source": np.int64, "row": np.int64, "similarity": np.float64,
+               "positive": bool, "inliers": np.int32, "alignment": np.float32}
+
+
+def _typed(rows: list[tuple]) -> pd.DataFrame:
+    """Calibration pairs with their column types, even when there are none (an untyped empty
+    frame would turn every column of the concatenated pairs into objects)."""
+    return pd.DataFrame(rows, columns=list(_PAIR_TYPES)).astype(_PAIR_TYPES)
 
 
 def _held_twice(source_pairs: list[tuple[str, str]], found: dict, cache: verify.KeypointCache) -> np.ndarray:
