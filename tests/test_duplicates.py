@@ -275,6 +275,28 @@ def test_a_chain_of_weak_links_does_not_make_one_group():
     assert table["group_id"].iat[0] == "D00001" and set(table.loc[table["group_id"] == "D00001", "product_id"]) == {"X", "Y", "Z"}
 
 
+def test_calibration_pairs_copies_with_other_products_when_a_product_has_many_images(photo_run, tmp_path):
+    """The photos' edited copies listed as more images of the same product: each calibration
+    copy still gets its nearest images of *other* products as wrong answers (the product's
+    own images once took those places, leaving the calibration without wrong pairs)."""
+    images_dir = photo_run[0].parent / "images"
+    catalog = tmp_path / "image_data.json"
+    catalog.write_text("\n".join(json.dumps({"imageName": p, "productId": source_of(Path(p).stem)})
+                                 for p in images.list_images(images_dir)))
+    run_dir = tmp_path / "run"
+    embed.embed_folder(images_dir, run_dir, catalog=catalog, progress=False)
+    items = pd.read_parquet(run_dir / runfolder.ITEMS)
+    embed_meta = json.loads((run_dir / runfolder.EMBED_META).read_text())
+    pairs = calibration.calibration_pairs(run_dir, np.load(run_dir / runfolder.EMBEDDINGS), items, embed_meta)
+    product = items["productId"].to_numpy()
+    right = pairs[pairs["positive"]]
+    source = dict(zip(right["copy"], right["row"]))
+    wrong = pairs[~pairs["positive"] & (pairs["row"] >= 0)]  # not the shared-scene pairs (row -1)
+    per_copy = wrong.groupby("copy").size().reindex(right["copy"], fill_value=0)
+    assert (per_copy >= calibration.CALIBRATION_CANDIDATES - 1).all()  # the source may be one of the nearest
+    assert not (product[wrong["row"].to_numpy()] == product[wrong["copy"].map(source).to_numpy()]).any()
+
+
 def test_calibration_sources_stay_put_when_the_catalog_grows():
     items = pd.DataFrame({"sha256": [f"{i:064x}" for i in range(500)], "productId": [f"P{i}" for i in range(500)]})
     first = set(items["sha256"].to_numpy()[copies.choose_sources(items, calibration.CALIBRATION_SOURCES)])

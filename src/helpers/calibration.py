@@ -157,10 +157,12 @@ def _held_twice(source_pairs: list[tuple[str, str]], found: dict, cache: verify.
 
 
 def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.DataFrame:
-    """Each copy's source, and its nearest catalog images of other products."""
+    """Each copy's source, and the other products among its ``CALIBRATION_CANDIDATES`` nearest
+    catalog images, less the near-copies of the source (neither right nor wrong). The source's
+    product's other images take no place (03 pairs products, never one product's images)."""
     vectors, sources = copies["vectors"], copies["source_rows"]
-    products = items["productId"].astype(str).to_numpy()
-    take = min(CALIBRATION_CANDIDATES, len(items))
+    products = pd.factorize(items["productId"].astype(str))[0]
+    rows_of = np.arange(len(items))
     unique = np.unique(sources)
     near_copy = dict(zip(unique, (embeddings[unique] @ np.asarray(embeddings).T) >= NEAR_COPY))
     rows = []
@@ -170,7 +172,9 @@ def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.Da
             q = start + i
             source = int(sources[q])
             rows.append((copies["paths"][q], copies["kinds"][q], source, source, float(s[source]), True))
-            for r in np.argpartition(-s, take - 1)[:take]:
+            ranked = np.flatnonzero((products != products[source]) | (rows_of == source))
+            take = min(CALIBRATION_CANDIDATES, len(ranked))
+            for r in ranked[np.argpartition(-s[ranked], take - 1)[:take]]:
                 if products[r] != products[source] and not near_copy[source][r]:
                     rows.append((copies["paths"][q], copies["kinds"][q], source, int(r), float(s[r]), False))
     return pd.DataFrame(rows, columns=["copy", "kind", "source", "row", "similarity", "positive"])
