@@ -175,7 +175,7 @@ def _nearest(copies: dict, embeddings: np.ndarray, items: pd.DataFrame) -> pd.Da
             ranked = np.flatnonzero((products != products[source]) | (rows_of == source))
             take = min(CALIBRATION_CANDIDATES, len(ranked))
             for r in ranked[np.argpartition(-s[ranked], take - 1)[:take]]:
-                if products[r] != products[source] and not near_copy[source][r]:
+                if r != source and not near_copy[source][r]:
                     rows.append((copies["paths"][q], copies["kinds"][q], source, int(r), float(s[r]), False))
     return pd.DataFrame(rows, columns=["copy", "kind", "source", "row", "similarity", "positive"])
 
