@@ -96,6 +96,8 @@ def test_the_rule_is_recorded_with_its_calibration_and_a_rerun_reuses_the_caches
     curve_pairs = pd.read_parquet(run_dir / runfolder.CALIBRATION_PAIRS)
     assert curve_pairs["positive"].any() and (~curve_pairs["positive"]).any()
     assert set(curve_pairs["kind"]) >= {"rotate", "aspect", "background", "flip", "crop"}
+    assert meta["duplicate_rule"]["wrong_pairs"] == (~curve_pairs["positive"]).sum() >= duplicates.FEW_WRONG_PAIRS
+    assert "loose" not in duplicates.describe_estimate(meta["duplicate_rule"])
     before = pd.read_csv(run_dir / runfolder.NEAR_DUPLICATES, keep_default_na=False)
     again = neighbors.write_neighbors(run_dir, k=10)
     assert again["duplicate_rule"] == meta["duplicate_rule"]  # a refit is deterministic
@@ -155,6 +157,8 @@ def test_a_catalog_holding_each_photo_three_times_is_calibrated(tmp_path):
     pairs = pd.read_csv(run_dir / runfolder.NEAR_DUPLICATES, keep_default_na=False, dtype=str)
     found = {frozenset((a.split("_")[0], b.split("_")[0])) for a, b in zip(pairs["product_a"], pairs["product_b"])}
     assert len(pairs) == 6 and found == {frozenset(["astronaut"]), frozenset(["coffee"])}
+    rule = meta["duplicate_rule"]  # its copies' nearest are mostly the same photo: few wrong pairs
+    assert rule["wrong_pairs"] < duplicates.FEW_WRONG_PAIRS and "loose estimate" in duplicates.describe_estimate(rule)
 
 
 def test_keypoints_match_copies_not_different_photos():

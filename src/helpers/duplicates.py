@@ -25,6 +25,7 @@ from . import calibration, copies, verify
 
 DEFAULT_PRECISION = 0.95
 UNCALIBRATED = 0.95  # the threshold when the catalog's images cannot be read to calibrate
+FEW_WRONG_PAIRS = 50  # fewer pairs of different products than this: the precision estimate is loose
 VERIFY_TOP = 3              # per product, at most this many band neighbours are verified ...
 CHECKS_PER_PRODUCT = 0.2    # ... and at most this many checks per product in all (the most similar
 CHECKS_MIN = 1000           # band pairs first, at least CHECKS_MIN): a check costs ~20 ms a pair and
@@ -42,6 +43,7 @@ class Rule:
     precision: float | None = None   # estimated on the calibration pairs
     recall: float | None = None
     recall_by_edit: dict = field(default_factory=dict)
+    wrong_pairs: int | None = None   # the calibration pairs of different products the estimate rests on
     source: str = "calibrated"       # or "given": the user's threshold
 
     def decide(self, similarity, inliers, alignment=None) -> np.ndarray:
@@ -91,6 +93,20 @@ def describe_checks(summary: dict) -> str:
             "checked, so near-duplicates among them are not listed.")
 
 
+def describe_estimate(rule: dict) -> str:
+    """What the calibrated rule's estimate rests on, in words; a warning when the calibration
+    saw fewer than ``FEW_WRONG_PAIRS`` pairs of different products."""
+    wrong = rule.get("wrong_pairs")
+    if rule.get("source") != "calibrated" or wrong is None:
+        return "The rule was not calibrated on this catalog: there is no estimate of its precision."
+    text = (f"Estimated on {wrong:,} pairs of an edited copy with a different product: precision "
+            f"{rule['precision'] if rule['precision'] is not None else 'none'}, recall {rule['recall']}.")
+    if wrong < FEW_WRONG_PAIRS:
+        text += (f" That is few (under {FEW_WRONG_PAIRS}): the catalog has few products unlike each other, so "
+                 "the precision is a loose estimate. Check the pairs, or give duplicate_threshold a number.")
+    return text
+
+
 def check_threshold(duplicate_threshold, duplicate_precision: float) -> None:
     if not (duplicate_threshold == "auto" or (isinstance(duplicate_threshold, (int, float))
                                               and not isinstance(duplicate_threshold, bool)
@@ -133,12 +149,12 @@ def calibrate(pairs: pd.DataFrame, precision: float = DEFAULT_PRECISION) -> Rule
             if score > best_score:
                 best, best_score = (float(accept), start, step, found[step] / (found[step] + wrong[step])), score
     if best is None:  # nothing reaches the precision: only identical pictures
-        return Rule(accept=1.0, precision=None, recall=0.0)
+        return Rule(accept=1.0, precision=None, recall=0.0, wrong_pairs=int((~pos).sum()))
     accept, start, step, reached = best
     n, m = _STEPS[step] if start is not None else (None, None)
     rule = Rule(accept=round(min(accept, 1.0), 4), verify=None if start is None else round(float(start), 4),
                 min_inliers=n, min_alignment=m, precision=round(float(reached), 4),
-                recall=round(float(best_score[0]), 4))
+                recall=round(float(best_score[0]), 4), wrong_pairs=int((~pos).sum()))
     rule.recall_by_edit = _recall_by_edit(pairs, rule)
     return rule
 
