@@ -128,7 +128,7 @@ def calibrate(pairs: pd.DataFrame, precision: float = DEFAULT_PRECISION) -> Rule
     """
     sim, pos = pairs["similarity"].to_numpy(), pairs["positive"].to_numpy(bool)
     evidence = _evidence(pairs)  # (inlier steps x alignment steps, pairs)
-    n_pos = max(1, int(pos.sum()))
+    n_pos, n_wrong = max(1, int(pos.sum())), int((~pos).sum())
     accepts = np.unique(np.round(np.quantile(sim[pos], np.linspace(0, 1, 201)), 4)) if pos.any() else []
     best, best_score = None, (-1.0, 0)
     for accept in np.concatenate([accepts, [1.01]]):
@@ -149,12 +149,12 @@ def calibrate(pairs: pd.DataFrame, precision: float = DEFAULT_PRECISION) -> Rule
             if score > best_score:
                 best, best_score = (float(accept), start, step, found[step] / (found[step] + wrong[step])), score
     if best is None:  # nothing reaches the precision: only identical pictures
-        return Rule(accept=1.0, precision=None, recall=0.0, wrong_pairs=int((~pos).sum()))
+        return Rule(accept=1.0, precision=None, recall=0.0, wrong_pairs=n_wrong)
     accept, start, step, reached = best
     n, m = _STEPS[step] if start is not None else (None, None)
     rule = Rule(accept=round(min(accept, 1.0), 4), verify=None if start is None else round(float(start), 4),
                 min_inliers=n, min_alignment=m, precision=round(float(reached), 4),
-                recall=round(float(best_score[0]), 4), wrong_pairs=int((~pos).sum()))
+                recall=round(float(best_score[0]), 4), wrong_pairs=n_wrong)
     rule.recall_by_edit = _recall_by_edit(pairs, rule)
     return rule
 
