@@ -13,8 +13,8 @@ shared machine:
   (c) the model alone on pre-decoded uint8 tensors: the default's feature-map function, as one
       interpreter on every core and as one single-thread interpreter per core side by side;
       TF, and OpenVINO (the float32 and int8 TFLite files; bf16 where the CPU has it) when
-      the package is installed; and (e) OpenVINO int8 against TFLite int8 in 01's layout
-      (decode + feature map + GeM, a thread per core), two rounds;
+      the package is installed; and (e) OpenVINO int8 (and bf16 where the CPU has it) against
+      TFLite int8 in 01's layout (decode + feature map + GeM, a thread per core), two rounds;
   (d) decode + resize of the same files on all cores, for Pillow (draft mode + bilinear, 01's
       decoder), simplejpeg (libjpeg-turbo DCT-scaled) + OpenCV INTER_AREA, and OpenCV's
       reduced imdecode + INTER_AREA, at equal output (the same 224-px centre crop), with each
@@ -312,8 +312,9 @@ def openvino_rates(model, fn: str, pixels: np.ndarray) -> dict:
 
 def openvino_in_01s_layout(files: list[Path], model_handle: str) -> dict:
     """Decode + feature map + GeM in 01's layout (a thread per core, whole batches each), with
-    TFLite int8 (an interpreter per thread) against OpenVINO on the same int8 file (one compiled
-    model, an infer request per thread), two rounds interleaved; {} without openvino."""
+    TFLite int8 (an interpreter per thread) against OpenVINO on the same int8 file, and on the
+    float32 file in bf16 where the CPU has it (one compiled model, an infer request per thread),
+    two rounds interleaved; {} without openvino."""
     import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -324,25 +325,32 @@ def openvino_in_01s_layout(files: list[Path], model_handle: str) -> dict:
         return {}
     from helpers.decode import read_and_decode
     from helpers.features import gem
-    from helpers.models import load_model, tflite_cache_path
+    from helpers.models import cpu_flags, load_model, tflite_cache_path
 
     lite = load_model(model_handle, "tflite", precision="int8", threads=1)
-    size, local = lite.image_size, threading.local()
-    compiled = ov.Core().compile_model(str(tflite_cache_path(lite.location, "feature_map", size, "int8")),
-                                       "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    size = lite.image_size
 
-    def openvino(pixels):
-        if getattr(local, "request", None) is None:
-            local.request = compiled.create_infer_request()
-        x = pixels.astype(np.float32) / 255
-        return np.concatenate([local.request.infer({0: p[None]})[0].copy() for p in x])
+    def openvino(file_precision, **config):
+        compiled = ov.Core().compile_model(str(tflite_cache_path(lite.location, "feature_map", size, file_precision)),
+                                           "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"} | config)
+        local = threading.local()
+
+        def run(pixels):
+            if getattr(local, "request", None) is None:
+                local.request = compiled.create_infer_request()
+            x = pixels.astype(np.float32) / 255
+            return np.concatenate([local.request.infer({0: p[None]})[0].copy() for p in x])
+        return run
 
     def work(chunk, fn):
         return gem(fn(np.stack([read_and_decode(f.parent, f.name, size, "crop", 10 ** 9).pixels for f in chunk])))
 
+    engines = [("tflite_int8", lite.feature_map), ("openvino_int8", openvino("int8"))]
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        engines.append(("openvino_bf16", openvino("float32", INFERENCE_PRECISION_HINT="bf16")))
     chunks, out = [files[i:i + 32] for i in range(0, len(files), 32)], {}
     for round_ in (1, 2):
-        for name, fn in (("tflite_int8", lite.feature_map), ("openvino_int8", openvino)):
+        for name, fn in engines:
             with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
                 list(pool.map(lambda c: work(c[:2], fn), chunks[:2]))  # warm-up
                 start = time.perf_counter()
