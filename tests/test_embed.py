@@ -152,7 +152,8 @@ def test_run_dir_equal_to_image_dir_leaves_the_runs_own_files_out(tmp_path):
 
 
 def test_links_to_files_outside_image_dir_are_not_read(tmp_path):
-    """A link to /etc/passwd (or any file outside image_dir) is listed in skipped.csv, unread."""
+    """A link to /etc/passwd (or any file outside image_dir) is listed in skipped.csv, unread;
+    so are a link loop and a dangling link, each with its own reason."""
     from PIL import Image
 
     folder, outside = tmp_path / "shop", tmp_path / "elsewhere"
@@ -163,11 +164,14 @@ def test_links_to_files_outside_image_dir_are_not_read(tmp_path):
     (folder / "inside_link.jpg").symlink_to(folder / "ok.jpg")
     (folder / "sub" / "passwd.png").symlink_to("/etc/passwd")
     (folder / "secret.jpg").symlink_to(outside / "secret.jpg")
+    (folder / "loop.jpg").symlink_to("loop.jpg")           # leads back to itself
+    (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")  # its file is not there
     embed_folder(folder, tmp_path / "run", progress=False)
     assert store.load_items(tmp_path / "run")["path"].tolist() == ["inside_link.jpg", "ok.jpg"]
     reasons = dict(store.load_skipped(tmp_path / "run").values)
-    assert set(reasons) == {"secret.jpg", "sub/passwd.png"}
-    assert all("outside image_dir" in r for r in reasons.values())
+    assert set(reasons) == {"secret.jpg", "sub/passwd.png", "loop.jpg", "gone.jpg"}
+    assert "outside image_dir" in reasons["secret.jpg"] and "outside image_dir" in reasons["sub/passwd.png"]
+    assert "loop" in reasons["loop.jpg"] and "not there" in reasons["gone.jpg"]
     embed_folder(folder, tmp_path / "all", links="all", progress=False)
     assert "secret.jpg" in store.load_items(tmp_path / "all")["path"].tolist()  # when asked for
 

@@ -6,6 +6,7 @@ at a reduced DCT scale (draft mode) when the output is small anyway.
 """
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -151,9 +152,9 @@ def list_images(image_dir: str | Path, recursive: bool = True, others: Counter |
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 if others is not None:
                     others[os.path.splitext(name)[1].lower()] += 1
-            elif links == "inside" and not _inside(root, Path(folder) / name):
+            elif links == "inside" and (problem := _link_problem(root, Path(folder) / name)):
                 if refused is not None:
-                    refused[rel] = "a link to a file outside image_dir: not read (links='all' follows it)"
+                    refused[rel] = problem
             else:
                 found.append(rel)
     return sorted(found)
@@ -172,15 +173,22 @@ def _excluded(root: Path, exclude) -> tuple[Path | None, set]:
     return (None, runfolder.OWN_ENTRIES) if skip == Path(".") else (skip, set())
 
 
-def _inside(root: Path, path: Path) -> bool:
-    """True unless ``path`` is a link whose target is not under ``root``."""
+def _link_problem(root: Path, path: Path) -> str | None:
+    """Why the link ``path`` is not read (its target is missing, a loop, or not under ``root``);
+    None when it is no link or points inside ``root``."""
     if not path.is_symlink():
-        return True
+        return None
     try:
         path.resolve(strict=True).relative_to(root.resolve())
-        return True
-    except (OSError, ValueError, RuntimeError):  # outside, dangling or a loop
-        return False
+        return None
+    except RuntimeError:  # Python 3.11 reports a loop so
+        return f"a link that leads back to itself (a loop): {os.readlink(path)!r}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a link that leads back to itself (a loop): {os.readlink(path)!r}"
+        return f"a link to a file that is not there: {os.readlink(path)!r}"
+    except ValueError:
+        return "a link to a file outside image_dir: not read (links='all' follows it)"
 
 
 def _png_icc_too_large(data: bytes) -> bool:
