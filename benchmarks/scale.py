@@ -217,7 +217,7 @@ def build_sharded_ivfpq(vectors, settings: dict, shards: int = 4, seed: int = 42
 def ray_throughput(n_images: int = 1500, repeats: int = 3) -> dict:
     """Images/s of the local engine vs engine="ray" with 2 workers, on this machine.
 
-    Steady state: each engine's stream of results (``embed.local_batches`` and
+    Steady state: each engine's stream of results (``engine.local_batches`` and
     ``distributed.ray_batches``, what embed_folder consumes) is timed from its first result
     to its last, so the one-off start (model load and TFLite conversion in every Ray actor,
     ``ray.init``) is left out -- it is reported apart, from whole embed_folder runs.
@@ -226,7 +226,8 @@ def ray_throughput(n_images: int = 1500, repeats: int = 3) -> dict:
     from embed_throughput import make_images
 
     from helpers import distributed
-    from helpers.embed import embed_folder, local_batches
+    from helpers.embed import embed_folder
+    from helpers.engine import local_batches
     from helpers.options import EmbeddingOptions
 
     root = make_images(n_images, HERE / "cache" / "embed_images").resolve()

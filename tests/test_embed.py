@@ -238,7 +238,7 @@ def test_any_number_of_workers_gives_the_same_store(hostile_run, hostile_dir, tm
 def test_an_interrupted_local_engine_drops_the_batches_not_started(hostile_dir):
     """Closing the engine (Ctrl-C, an error while checkpointing) waits only for the batches
     in flight (at most two per worker), not for the whole catalog."""
-    from helpers.embed import local_batches, local_model
+    from helpers.engine import local_batches, local_model
     from helpers.options import EmbeddingOptions
 
     options = EmbeddingOptions()

@@ -70,19 +70,17 @@ def make_copies(image_dir: str | Path, paths: list[str], folder: Path, backgroun
 
 def embed_copies(image_dir: str | Path, paths: list[str], folder: Path, options, backgrounds,
                  seed: int = 0, max_side: int = edits.SOURCE_MAX_SIDE) -> tuple[pd.DataFrame, np.ndarray]:
-    """``make_copies``, embedded with ``options``: (labels indexed by the copy's path, with
-    "source" and "transform"; their raw vectors, for the copies that could be read back)."""
-    from .decode import query_pictures
+    """``make_copies``, embedded with ``options`` by 01's local engine (the same vectors as the
+    catalog's, at its speed): (labels indexed by the copy's path, with "source" and
+    "transform"; their raw vectors, for the copies that could be read back)."""
+    from . import engine
 
     labels = make_copies(image_dir, paths, folder, backgrounds, seed, max_side)
-    model = options.embedder()
+    workers = max(1, os.cpu_count() or 1)
+    model = engine.local_model(options, "auto", workers)
     kept, vectors = [], []
-    for start in range(0, len(labels), 64):
-        chunk = labels["path"].iloc[start:start + 64]
-        names, batch = query_pictures([folder / p for p in chunk], model.image_size, options)
-        read = set(names)
-        kept += [p for p in chunk if str(folder / p) in read]
-        if batch:
-            vectors.append(model(np.stack(batch)))
+    for done in engine.local_batches(folder, labels["path"].tolist(), model, options, 64, workers, known=set()):
+        kept += [path for path, *_ in done.rows]
+        vectors.append(done.vectors)
     found = np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float32)
     return labels.set_index("path").loc[kept], found
