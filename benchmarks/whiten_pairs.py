@@ -58,14 +58,14 @@ def copies_of(image_dir: Path, paths: list[str], out: Path, backgrounds, options
     return np.concatenate(vectors), pd.concat(labels)
 
 
-def fitting_copies(image_dir: Path, paths: list[str], out: Path, backgrounds, options: EmbeddingOptions,
+def fitting_copies(image_dir: Path, paths: list[str], backgrounds, options: EmbeddingOptions,
                    per_kind: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
-    """The fitting half's copies made as 01's adaptation makes them (``copies.embed_copies`` at
+    """The fitting half's copies made as 01's adaptation makes them (``copies.embedded_copies`` at
     ``adaptation.ADAPT_MAX_SIDE``), ``per_kind`` seeded sets: (vectors, labels)."""
     from helpers import copies
 
-    made = [copies.embed_copies(image_dir, paths, out / f"set_{k}", options, backgrounds,
-                                adaptation.SEED + k, adaptation.ADAPT_MAX_SIDE) for k in range(per_kind)]
+    made = [copies.embedded_copies(image_dir, paths, options, backgrounds,
+                                   adaptation.SEED + k, adaptation.ADAPT_MAX_SIDE) for k in range(per_kind)]
     return np.concatenate([v for _, v in made]), pd.concat([labels for labels, _ in made])
 
 
@@ -89,7 +89,7 @@ def pair_vectors(name: str, image_dir: Path, work: Path, backgrounds, options: E
     fit, held_out = np.sort(sources[: len(sources) // 2]), np.sort(sources[len(sources) // 2:])
     row_of = {p: i for i, p in enumerate(items["path"])}
     paths = items["path"].to_numpy()
-    fit_copies, fit_labels = fitting_copies(image_dir, paths[fit].tolist(), work / "fit", backgrounds, options,
+    fit_copies, fit_labels = fitting_copies(image_dir, paths[fit].tolist(), backgrounds, options,
                                             fit_per_kind)
     test_copies, test_labels = copies_of(image_dir, paths[held_out].tolist(), work / "held_out", backgrounds,
                                          options)

@@ -19,3 +19,16 @@ def test_copies_get_the_vectors_01_gives_the_same_files(tiny_catalog, tmp_path):
     row = dict(zip(items["path"], range(len(items))))
     again = store.load_embeddings(tmp_path / "run")[[row[p] for p in labels.index]]
     np.testing.assert_array_equal(vectors, again)
+
+
+def test_copies_made_in_memory_equal_the_written_ones(tiny_catalog, tmp_path):
+    """01's adaptation embeds its copies without writing them: the same labels and vectors,
+    bit for bit, as the written files give (the JPEG copies encoded alike, PNGs lossless)."""
+    options = EmbeddingOptions.of(resize="squash")
+    paths = sorted(p.name for p in tiny_catalog.glob("*.*g"))[:4]  # JPEG and PNG sources
+    written, on_disk = copies.embed_copies(tiny_catalog, paths, tmp_path / "copies", options, None, seed=3)
+    labels, in_memory = copies.embedded_copies(tiny_catalog, paths, options, None, seed=3)
+    assert labels["source"].tolist() == written["source"].tolist()
+    assert labels["transform"].tolist() == written["transform"].tolist()
+    assert {"jpg", "png"} <= {p.rsplit(".", 1)[1] for p in written.index}
+    np.testing.assert_array_equal(in_memory, on_disk)

@@ -109,7 +109,7 @@ def fit(run_dir: Path, staging: runfolder.Staging, raw: np.ndarray, items: pd.Da
     pairs = _saved(Path(run_dir) / runfolder.ADAPTATION_PAIRS, key)
     reused = pairs is not None
     if not reused:
-        pairs = _make(image_dir, items, rows, options, folder, staging)
+        pairs = _make(image_dir, items, rows, options, folder)
     with runfolder.atomic_path(staging.path(runfolder.ADAPTATION_PAIRS)) as tmp, open(tmp, "wb") as f:
         np.savez(f, key=key, **pairs)
     row_of = dict(zip(hashes, range(len(items))))
@@ -134,15 +134,13 @@ def _saved(path: Path, key: str) -> dict | None:
         return None
 
 
-def _make(image_dir: Path, items: pd.DataFrame, rows: np.ndarray, options, backgrounds, staging) -> dict:
+def _make(image_dir: Path, items: pd.DataFrame, rows: np.ndarray, options, backgrounds) -> dict:
     paths = items["path"].to_numpy()[rows].tolist()
     sha_of = dict(zip(items["path"], items["sha256"]))
-    with tempfile.TemporaryDirectory(dir=staging.folder, prefix=".copies") as tmp:
-        try:
-            labels, vectors = copies.embed_copies(image_dir, paths, Path(tmp), options, backgrounds, SEED,
-                                                  ADAPT_MAX_SIDE)
-        except ValueError:  # none of the sources could be read: nothing to learn from
-            labels, vectors = pd.DataFrame(columns=["source", "transform"]), np.zeros((0, 0), np.float32)
+    try:
+        labels, vectors = copies.embedded_copies(image_dir, paths, options, backgrounds, SEED, ADAPT_MAX_SIDE)
+    except ValueError:  # none of the sources could be read: nothing to learn from
+        labels, vectors = pd.DataFrame(columns=["source", "transform"]), np.zeros((0, 0), np.float32)
     return {"vectors": vectors,  # unit length, as the embedder gives them
             "source_sha256": labels["source"].map(sha_of).to_numpy(str),
             "kinds": labels["transform"].to_numpy(str)}
@@ -160,7 +158,7 @@ def pair_learner(pictures: np.ndarray, options, backgrounds=None):
         names = [f"{r:06d}.png" for r in range(len(pictures))]
         for name, picture in zip(names, pictures):
             Image.fromarray(np.asarray(picture, np.uint8)).save(folder / name)
-        labels, copied = copies.embed_copies(folder, names, Path(tmp) / "copies", options,
-                                             copies.background_folder(backgrounds), SEED, ADAPT_MAX_SIDE)
+        labels, copied = copies.embedded_copies(folder, names, options, copies.background_folder(backgrounds),
+                                                SEED, ADAPT_MAX_SIDE)
     rows = labels["source"].str[:6].astype(int).to_numpy()
     return lambda catalog: learn(options.adapt, rows, copied, catalog)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import edits
+from . import edits, images
 
 BACKGROUND_FOLDERS = ("/usr/share/backgrounds", "/usr/share/wallpapers")  # Debian's photos, when installed
 PART = 50  # sources made into copies together, with one seed: parts run in parallel
@@ -84,3 +84,44 @@ def embed_copies(image_dir: str | Path, paths: list[str], folder: Path, options,
         vectors.append(done.vectors)
     found = np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float32)
     return labels.set_index("path").loc[kept], found
+
+
+def embedded_copies(image_dir: str | Path, paths: list[str], options, backgrounds, seed: int = 0,
+                    max_side: int = edits.SOURCE_MAX_SIDE) -> tuple[pd.DataFrame, np.ndarray]:
+    """The copies ``make_copies`` would write, embedded in memory instead (01's adaptation keeps
+    only their vectors): the same pictures and the same vectors as written files would give,
+    without encoding and decoding the lossless ones. Each part of ``PART`` sources is made and
+    embedded in a thread of its own, with its own single-thread interpreter. (labels with
+    "source" and "transform", in ``make_copies``'s order; their vectors.) ValueError when none
+    of the sources can be read."""
+    from . import engine
+
+    parts = [paths[i:i + PART] for i in range(0, len(paths), PART)]
+    workers = max(1, os.cpu_count() or 1)
+    model = engine.local_model(options, "auto", workers)
+
+    def part(k: int) -> tuple[list, np.ndarray]:
+        made = [e for e in edits.edited_pictures(image_dir, parts[k], len(edits.TRANSFORMS), backgrounds=backgrounds,
+                                                 seed=seed * 100_003 + k, max_side=max_side)
+                if e.transform != "source"]
+        pixels = [_model_input(e, model.image_size, options) for e in made]
+        vectors = [model(np.stack(pixels[i:i + 64])) for i in range(0, len(pixels), 64)]
+        return ([(e.source, e.transform) for e in made],
+                np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float32))
+
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(part, range(len(parts))))
+    labels = pd.DataFrame([row for rows, _ in done for row in rows], columns=["source", "transform"])
+    if labels.empty:
+        raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
+                         "images?): there are no copies to make")
+    return labels, np.concatenate([vectors for _, vectors in done])
+
+
+def _model_input(edited: edits.Edited, size: int, options) -> np.ndarray:
+    """The square picture the model gets for a copy, exactly as from its file: a JPEG copy is
+    encoded and decoded like one; a PNG file would decode to the picture itself."""
+    data = edited.encoded()
+    if data is None:
+        return np.asarray(images.fit_square(images.to_rgb(edited.picture), size, options.resize))
+    return images.decode_image(data, size, options.resize, options.max_pixels)[0]

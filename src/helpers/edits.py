@@ -7,10 +7,13 @@ source, and ``image_data.json`` makes the folder a catalog 01 can embed.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -41,6 +44,66 @@ def pick_sources(embeddings: np.ndarray, max_similarity: float = 0.9, limit: int
     return np.sort(np.array(chosen, dtype=np.int64))
 
 
+@dataclass
+class Edited:
+    """One picture of the benchmark: a source (transform "source") or an edited copy, with the
+    format it is saved in (lossless PNG, or JPEG at ``quality``)."""
+
+    group: str
+    source: str      # the source's path under image_dir
+    transform: str
+    picture: Image.Image
+    ext: str         # "png" or "jpg"
+    quality: int = 0
+
+    def encoded(self) -> bytes | None:
+        """The JPEG file's bytes (None for a PNG: its file decodes to ``picture`` exactly)."""
+        if self.ext != "jpg":
+            return None
+        buffer = io.BytesIO()
+        self.picture.save(buffer, format="JPEG", quality=self.quality)
+        return buffer.getvalue()
+
+    def save(self, path: Path) -> None:
+        if self.ext == "jpg":
+            path.write_bytes(self.encoded())
+        else:
+            self.picture.save(path, compress_level=1)  # lossless either way; fast
+
+
+def edited_pictures(image_dir: Path, paths: list[str], variants_per_source: int = 2, transforms=TRANSFORMS,
+                    backgrounds=None, seed: int = 0, max_side: int = SOURCE_MAX_SIDE) -> Iterator[Edited]:
+    """Each readable source (shrunk to ``max_side``), then its ``variants_per_source`` copies,
+    transforms in turn (``make_near_duplicates`` says what each does). Seeded: the same
+    pictures on any machine. ValueError for an unknown transform, at once."""
+    for t in transforms:
+        if t not in TRANSFORMS:
+            raise ValueError(f"unknown transform {t!r}; choose from {TRANSFORMS}")
+    return _edited(image_dir, paths, variants_per_source, transforms, backgrounds, seed, max_side)
+
+
+def _edited(image_dir, paths, variants_per_source, transforms, backgrounds, seed, max_side) -> Iterator[Edited]:
+    rng = np.random.default_rng(seed)
+    photo_backgrounds = _BackgroundPhotos(backgrounds)
+    turn = 0
+    for g, rel in enumerate(paths):
+        group = f"G{g:05d}"
+        try:
+            source = _rgba(images.open_image(Path(image_dir) / rel))
+        except Exception:  # an unreadable source is left out, the benchmark goes on
+            continue
+        source.thumbnail((max_side, max_side), Image.LANCZOS)
+        yield Edited(group, rel, "source", images.to_rgb(source), "png")
+        for _ in range(variants_per_source):
+            transform = transforms[turn % len(transforms)]
+            turn += 1
+            picture, ext = _variant(source, transform, rng, backgrounds, photo_backgrounds)
+            quality = 0
+            if ext == "jpg":
+                quality = int(rng.integers(25, 41)) if transform == "jpeg" else int(rng.integers(70, 86))
+            yield Edited(group, rel, transform, picture, ext, quality)
+
+
 def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str | Path,
                          variants_per_source: int = 2, transforms=TRANSFORMS,
                          backgrounds: str | Path | None = None, distractors=(),
@@ -63,36 +126,15 @@ def make_near_duplicates(image_dir: str | Path, paths: list[str], out_dir: str |
     Writes the images (replacing any earlier ones in ``out_dir/images``), ``labels.csv`` (path, group, transform, source, productId) and
     ``image_data.json`` (JSON lines: every image its own productId), and returns labels.
     """
-    for t in transforms:
-        if t not in TRANSFORMS:
-            raise ValueError(f"unknown transform {t!r}; choose from {TRANSFORMS}")
     image_dir, out = Path(image_dir), Path(out_dir)
+    made = edited_pictures(image_dir, paths, variants_per_source, transforms, backgrounds, seed, max_side)
     shutil.rmtree(out / "images", ignore_errors=True)  # images of an earlier, different benchmark
     (out / "images").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    photo_backgrounds = _BackgroundPhotos(backgrounds)
-    rows, turn = [], 0
-    for g, rel in enumerate(paths):
-        group = f"G{g:05d}"
-        try:
-            source = _rgba(images.open_image(image_dir / rel))
-        except Exception:  # an unreadable source is left out, the benchmark goes on
-            continue
-        source.thumbnail((max_side, max_side), Image.LANCZOS)
-        name = f"{group}_source.png"
-        images.to_rgb(source).save(out / "images" / name, compress_level=1)
-        rows.append((f"images/{name}", group, "source", rel))
-        for _ in range(variants_per_source):
-            transform = transforms[turn % len(transforms)]
-            turn += 1
-            picture, ext = _variant(source, transform, rng, backgrounds, photo_backgrounds)
-            name = f"{group}_{transform}.{ext}"
-            if ext == "jpg":
-                quality = int(rng.integers(25, 41)) if transform == "jpeg" else int(rng.integers(70, 86))
-                picture.save(out / "images" / name, quality=quality)
-            else:
-                picture.save(out / "images" / name, compress_level=1)  # lossless either way; fast
-            rows.append((f"images/{name}", group, transform, rel))
+    rows = []
+    for edited in made:
+        name = f"{edited.group}_{edited.transform}.{edited.ext}"
+        edited.save(out / "images" / name)
+        rows.append((f"images/{name}", edited.group, edited.transform, edited.source))
     if not rows:
         raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
                          "images?): there is no near-duplicate benchmark to build")
