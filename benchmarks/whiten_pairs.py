@@ -180,9 +180,13 @@ def fashion_mnist_rows(backgrounds, options: EmbeddingOptions,
 
 def fitting_cost(images: Path, work: Path) -> list[dict]:
     """01's seconds on a folder of images, then each adaptation on the same store (its vectors
-    reused: the difference is the fitting cost, copies made and embedded plus the fit)."""
+    reused: the difference is the fitting cost, copies made and embedded plus the fit). Each
+    method makes its copies afresh, as a first run would."""
+    from helpers import runfolder
+
     rows = []
     for method in adaptation.ADAPT:
+        (work / "run" / runfolder.ADAPTATION_PAIRS).unlink(missing_ok=True)
         meta = embed.embed_folder(images, work / "run", adapt=method, links="all", progress=False)
         row = {"catalog": str(images), "images": meta["n_items"], "method": method,
                "01 seconds": meta["seconds"]["total"], "adaptation seconds": meta["seconds"].get("adaptation"),
