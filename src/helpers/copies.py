@@ -48,24 +48,32 @@ def make_copies(image_dir: str | Path, paths: list[str], folder: Path, backgroun
     core, each part with its own seed (so the copies are the same on any machine): the labels,
     without the sources' own copies, paths relative to ``folder``. ValueError when none of
     the sources can be read."""
-    parts = [paths[i:i + PART] for i in range(0, len(paths), PART)]
-
-    def make(k: int) -> pd.DataFrame | None:
+    def make(part: tuple[int, list[str], int]) -> pd.DataFrame | None:
+        k, sources, part_seed = part
         try:
-            made = edits.make_near_duplicates(image_dir, parts[k], folder / f"part{k:04d}",
+            made = edits.make_near_duplicates(image_dir, sources, folder / f"part{k:04d}",
                                               variants_per_source=len(edits.TRANSFORMS), backgrounds=backgrounds,
-                                              seed=seed * 100_003 + k, max_side=max_side)
+                                              seed=part_seed, max_side=max_side)
         except ValueError:  # none of this part's sources could be read
             return None
         return made.assign(path=f"part{k:04d}/" + made["path"])
 
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        made = [m for m in pool.map(make, range(len(parts))) if m is not None]
+        made = [m for m in pool.map(make, _parts(paths, seed)) if m is not None]
     if not made:
-        raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
-                         "images?): there are no copies to make")
+        raise ValueError(_none_read(paths))
     labels = pd.concat(made, ignore_index=True)
     return labels[labels["transform"] != "source"]
+
+
+def _parts(paths: list[str], seed: int) -> list[tuple[int, list[str], int]]:
+    """(k, sources, seed) of each part of ``PART`` sources."""
+    return [(k, paths[i:i + PART], seed * 100_003 + k) for k, i in enumerate(range(0, len(paths), PART))]
+
+
+def _none_read(paths: list[str]) -> str:
+    return (f"none of the {len(paths)} source images could be read (does the run have any "
+            "images?): there are no copies to make")
 
 
 def embed_copies(image_dir: str | Path, paths: list[str], folder: Path, options, backgrounds,
@@ -96,26 +104,30 @@ def embedded_copies(image_dir: str | Path, paths: list[str], options, background
     of the sources can be read."""
     from . import engine
 
-    parts = [paths[i:i + PART] for i in range(0, len(paths), PART)]
     workers = max(1, os.cpu_count() or 1)
     model = engine.local_model(options, "auto", workers)
 
-    def part(k: int) -> tuple[list, np.ndarray]:
-        made = [e for e in edits.edited_pictures(image_dir, parts[k], len(edits.TRANSFORMS), backgrounds=backgrounds,
-                                                 seed=seed * 100_003 + k, max_side=max_side)
-                if e.transform != "source"]
-        pixels = [_model_input(e, model.image_size, options) for e in made]
-        vectors = [model(np.stack(pixels[i:i + 64])) for i in range(0, len(pixels), 64)]
-        return ([(e.source, e.transform) for e in made],
-                np.concatenate(vectors) if vectors else np.zeros((0, model.dim), np.float32))
+    def part(job: tuple[int, list[str], int]) -> tuple[list, list]:
+        _, sources, part_seed = job
+        labels, pixels, vectors = [], [], []
+        for e in edits.edited_pictures(image_dir, sources, len(edits.TRANSFORMS), backgrounds=backgrounds,
+                                       seed=part_seed, max_side=max_side):
+            if e.transform != "source":  # one picture at a time: a part's copies are never all held
+                labels.append((e.source, e.transform))
+                pixels.append(_model_input(e, model.image_size, options))
+            if len(pixels) == 64:
+                vectors.append(model(np.stack(pixels)))
+                pixels = []
+        if pixels:
+            vectors.append(model(np.stack(pixels)))
+        return labels, vectors
 
     with ThreadPoolExecutor(workers) as pool:
-        done = list(pool.map(part, range(len(parts))))
+        done = list(pool.map(part, _parts(paths, seed)))
     labels = pd.DataFrame([row for rows, _ in done for row in rows], columns=["source", "transform"])
     if labels.empty:
-        raise ValueError(f"none of the {len(paths)} source images could be read (does the run have any "
-                         "images?): there are no copies to make")
-    return labels, np.concatenate([vectors for _, vectors in done])
+        raise ValueError(_none_read(paths))
+    return labels, np.concatenate([v for _, vectors in done for v in vectors])
 
 
 def _model_input(edited: edits.Edited, size: int, options) -> np.ndarray:
